@@ -1,0 +1,247 @@
+"""Typed configuration: dataclasses loaded from YAML, overridden with dotted keys, validated early.
+
+Every job takes one config object. Fields are declared with :func:`spec`, which records the
+range or choices a value must respect, so a bad value fails *before* any work starts with a
+message that names the key, the value and what was expected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, TypeVar, Union
+
+import yaml
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A configuration value is unknown, of the wrong type or out of range."""
+
+
+def spec(
+    default: Any = dataclasses.MISSING,
+    *,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+    choices: typing.Sequence[Any] | None = None,
+    help: str = "",
+) -> Any:
+    """A dataclass field with validation metadata (range, choices) and a help text."""
+    metadata = {"ge": ge, "gt": gt, "le": le, "lt": lt, "choices": choices, "help": help}
+    if isinstance(default, (list, dict, set)) or dataclasses.is_dataclass(default):
+        value = default
+        return dataclasses.field(default_factory=lambda: _copy(value), metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def _copy(value: Any) -> Any:
+    import copy
+
+    return copy.deepcopy(value)
+
+
+def _describe(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if tp is type(None):
+        return "null"
+    if origin in (Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(tp))
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (list, tuple):
+        args = [a for a in typing.get_args(tp) if a is not Ellipsis]
+        inner = _describe(args[0]) if args else "any"
+        return f"a list of {inner}"
+    if origin is dict:
+        return "a mapping"
+    if dataclasses.is_dataclass(tp):
+        return f"a mapping of {tp.__name__} fields"
+    return {int: "an integer", float: "a number", bool: "true/false", str: "a string"}.get(
+        tp, getattr(tp, "__name__", str(tp))
+    )
+
+
+def _convert(value: Any, tp: Any, key: str) -> Any:
+    """Convert a YAML value to ``tp`` or raise ConfigError naming ``key``."""
+    origin = typing.get_origin(tp)
+    fail = ConfigError(f"{key}: got {value!r} ({type(value).__name__}), expected {_describe(tp)}")
+    if tp is Any:
+        return value
+    if tp is type(None):
+        if value is None:
+            return None
+        raise fail
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(value, arg, key)
+            except ConfigError:
+                continue
+        raise fail
+    if origin is Literal:
+        if value in typing.get_args(tp):
+            return value
+        raise fail
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise fail
+        args = [a for a in typing.get_args(tp) if a is not Ellipsis]
+        inner = args[0] if args else Any
+        items = [_convert(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise fail
+        return dict(value)
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise fail
+        return from_dict(tp, value, prefix=key)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise fail
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise fail
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise fail
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise fail
+    if isinstance(value, tp):
+        return value
+    raise fail
+
+
+def _check_range(value: Any, meta: typing.Mapping[str, Any], key: str) -> None:
+    if value is None:
+        return
+    choices = meta.get("choices")
+    if choices is not None and value not in choices:
+        raise ConfigError(f"{key}: got {value!r}, expected one of {list(choices)}")
+    bounds = [("ge", ">=", lambda v, b: v >= b), ("gt", ">", lambda v, b: v > b),
+              ("le", "<=", lambda v, b: v <= b), ("lt", "<", lambda v, b: v < b)]
+    values = value if isinstance(value, (list, tuple)) else [value]
+    for v in values:
+        if not isinstance(v, (int, float)) or isinstance(v, bool):
+            continue
+        for name, symbol, ok in bounds:
+            bound = meta.get(name)
+            if bound is not None and not ok(v, bound):
+                raise ConfigError(f"{key}: got {v!r}, expected a value {symbol} {bound}")
+
+
+def from_dict(cls: type[T], data: typing.Mapping[str, Any] | None, prefix: str = "") -> T:
+    """Build dataclass ``cls`` from a mapping, rejecting unknown keys and bad values."""
+    data = dict(data or {})
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise ConfigError(
+            f"unknown key {where}{unknown[0]!s} in {cls.__name__}; known keys: {', '.join(sorted(fields))}"
+        )
+    kwargs = {}
+    for name, field in fields.items():
+        key = f"{prefix}.{name}" if prefix else name
+        if name in data:
+            value = _convert(data[name], hints[name], key)
+        elif field.default is not dataclasses.MISSING:
+            value = field.default
+        elif field.default_factory is not dataclasses.MISSING:
+            value = field.default_factory()
+        else:
+            raise ConfigError(f"{key}: missing, expected {_describe(hints[name])}")
+        _check_range(value, field.metadata, key)
+        kwargs[name] = value
+    obj = cls(**kwargs)
+    check = getattr(obj, "validate", None)
+    if callable(check):
+        try:
+            check()
+        except ConfigError as err:
+            if prefix and not str(err).startswith(prefix):
+                raise ConfigError(f"{prefix}.{err}") from None
+            raise
+    return obj
+
+
+def to_dict(obj: Any) -> Any:
+    """A plain, YAML/JSON-serialisable copy of a config (tuples become lists)."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    return obj
+
+
+def apply_overrides(data: dict[str, Any], overrides: typing.Iterable[str]) -> dict[str, Any]:
+    """Apply ``a.b.c=value`` overrides (values parsed as YAML) to a nested mapping."""
+    data = _copy(data)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected KEY=VALUE with a dotted KEY, e.g. collect.episodes=4")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        if not key or any(not part for part in key.split(".")):
+            raise ConfigError(f"override {item!r}: empty key part in {key!r}")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as err:
+            raise ConfigError(f"override {key}: cannot parse value {raw!r} ({err})") from None
+        node = data
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {key}: {part!r} holds {child!r}, not a mapping")
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {path}: not valid YAML ({err})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def load_config(cls: type[T], path: str | Path | None = None, overrides: typing.Iterable[str] = ()) -> T:
+    """Load ``cls`` from an optional YAML file plus dotted ``KEY=VALUE`` overrides."""
+    data = load_yaml(path) if path is not None else {}
+    data = apply_overrides(data, overrides)
+    try:
+        return from_dict(cls, data)
+    except ConfigError as err:
+        where = f"{path}: " if path is not None else ""
+        raise ConfigError(f"{where}{err}") from None
