@@ -1,0 +1,90 @@
+"""The ``raylam`` command: thin wrappers that parse arguments, load a config and call a stage."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from raylam.config import ConfigError, to_dict
+
+
+def _add_config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", "-c", help="experiment YAML file (configs/*.yaml)")
+    parser.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE",
+        help="dotted overrides, e.g. collect.episodes=4 collect.env.preset=hard",
+    )
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+
+
+def _load(args):
+    from raylam.experiment import load_experiment
+
+    cfg = load_experiment(args.config, args.overrides)
+    if args.print_config:
+        print(json.dumps(to_dict(cfg), indent=2))
+        sys.exit(0)
+    return cfg
+
+
+def cmd_collect(args) -> int:
+    cfg = _load(args)
+    from raylam.data.collect import collect
+
+    manifest = collect(cfg.collect)
+    ret = manifest["episode_return"]
+    print(
+        f"wrote {manifest['num_episodes']} episodes ({manifest['num_transitions']} frames, "
+        f"{len(manifest['shards'])} shards, {manifest['num_labeled']} labeled) to {cfg.collect.output}; "
+        f"return {ret['mean']:.1f} ± {ret['std']:.1f}"
+    )
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    from raylam.data.inspect import frame_grid, inspect_dataset
+
+    report = inspect_dataset(args.dataset)
+    print(report.summary())
+    if args.grid:
+        from raylam.envs.render import configure_rendering
+
+        configure_rendering("auto")
+        frame_grid(args.dataset, args.grid, clips=args.clips, seed=args.seed)
+        print(f"frame grid written to {args.grid}")
+    return 0 if report.ok else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="raylam", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("collect", help="roll out experts in the distracting env, write WebDataset shards")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_collect)
+
+    p = sub.add_parser("inspect", help="validate a dataset and print a summary; optional PNG of frames")
+    p.add_argument("dataset", help="dataset directory or URI")
+    p.add_argument("--grid", metavar="PNG", help="write a grid of recorded vs clean frames")
+    p.add_argument("--clips", type=int, default=3, help="clips in the grid")
+    p.add_argument("--seed", type=int, default=0, help="which clips to show")
+    p.set_defaults(func=cmd_inspect)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as err:
+        print(f"raylam {args.command}: config error: {err}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, ValueError) as err:
+        print(f"raylam {args.command}: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

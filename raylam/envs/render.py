@@ -1,0 +1,26 @@
+"""Choose MuJoCo's OpenGL backend before dm-control is imported.
+
+MuJoCo reads ``MUJOCO_GL`` once, at import. ``auto`` keeps a value the user already set, else
+picks EGL when an NVIDIA GPU is visible (the fast path on GPU nodes) and OSMesa otherwise (CPU
+software rendering, needs Debian's ``libosmesa6``). Ray workers on other nodes do not inherit the
+driver's environment, so every process that renders calls this first.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+BACKENDS = ("auto", "osmesa", "egl", "glfw")
+
+
+def configure_rendering(backend: str = "auto") -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"render backend: got {backend!r}, expected one of {BACKENDS}")
+    if backend == "auto":
+        if os.environ.get("MUJOCO_GL"):
+            return os.environ["MUJOCO_GL"]
+        has_gpu = os.path.exists("/dev/nvidia0") or shutil.which("nvidia-smi") is not None
+        backend = "egl" if has_gpu else "osmesa"
+    os.environ["MUJOCO_GL"] = backend
+    return backend

@@ -1,0 +1,20 @@
+"""Shared test setup: CPU software rendering and one small local Ray per test session."""
+
+import os
+
+# MuJoCo reads MUJOCO_GL at import; Ray workers started below inherit it.
+os.environ.setdefault("MUJOCO_GL", "osmesa")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """A local Ray with 2 CPUs (the size of the CI machine); shut down after the session."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 runtime_env={"env_vars": {"MUJOCO_GL": os.environ["MUJOCO_GL"]}})
+    yield ray
+    ray.shutdown()
