@@ -1,0 +1,120 @@
+"""Ray Data streaming of training windows from WebDataset shards.
+
+read_webdataset (one read task per tar, shard order reshuffled every epoch) -> ``map_batches``
+that decodes clips and cuts their windows (CPU tasks: decoding never runs on a GPU worker) ->
+rows of uint8 frame stacks. Nothing is materialised: each epoch re-executes the stream, clips are
+decoded, windowed and dropped. Splitting across Train workers and the local shuffle buffer are
+Ray Train's (``DataConfig`` / ``iter_torch_batches``).
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from raylam.data.collect import MANIFEST
+from raylam.data.inspect import load_manifest
+from raylam.data.shards import decode_sample
+from raylam.data.storage import resolve
+from raylam.data.windows import clip_windows, required_overlap
+
+WINDOW_COLUMNS = ("obs", "next_frame", "future_obs", "offset", "actions", "states", "labeled", "episode", "step")
+
+
+@dataclass(frozen=True)
+class WindowSpec:
+    frame_stack: int = 3
+    max_offset: int = 10
+    num_labeled: int | None = None  # label budget: the first n of the manifest's order; None = all
+    seed: int | None = None  # fixes the future offsets k (tests); None draws fresh ones every epoch
+
+
+class DatasetInfo:
+    """A dataset's manifest plus the URLs of its shards; fails early on a missing or bad dataset."""
+
+    def __init__(self, uri: str):
+        self.location = resolve(uri)
+        try:
+            self.manifest = load_manifest(self.location)
+        except FileNotFoundError as err:
+            raise FileNotFoundError(f"dataset {uri}: {err}") from None
+        self.uri = uri
+
+    def shard_urls(self, split: str = "train", labeled_only: bool = False, num_labeled: int | None = None) -> list[str]:
+        if split not in self.manifest["splits"]:
+            raise ValueError(f"dataset {self.uri}: no split {split!r} (has {sorted(self.manifest['splits'])})")
+        names = set(self.manifest["splits"][split])
+        labeled = set(self.labeled_episodes(num_labeled))
+        shards = [s for s in self.manifest["shards"] if s["name"] in names]
+        if labeled_only:
+            shards = [s for s in shards if labeled & set(s["episodes"])]
+        if not shards:
+            what = "labeled " if labeled_only else ""
+            raise ValueError(f"dataset {self.uri}: the {split} split has no {what}shards")
+        return [self.location.url(s["name"]) for s in shards]
+
+    def labeled_episodes(self, num_labeled: int | None = None) -> list[str]:
+        order = self.manifest["labeled_episodes"]
+        if num_labeled is None:
+            return list(order)
+        if num_labeled > len(order):
+            raise ValueError(
+                f"num_labeled: got {num_labeled}, but dataset {self.uri} was collected with "
+                f"{len(order)} labeled episodes ({self.location.url(MANIFEST)})"
+            )
+        return list(order[:num_labeled])
+
+    def check_windows(self, spec: WindowSpec) -> None:
+        need = required_overlap(spec.frame_stack, spec.max_offset)
+        if self.manifest["overlap"] < need and self.manifest["episode_length"] > self.manifest["clip_length"]:
+            raise ValueError(
+                f"dataset {self.uri} has clips overlapping by {self.manifest['overlap']} frames; windows with "
+                f"frame_stack {spec.frame_stack} and max_offset {spec.max_offset} need >= {need} "
+                "(collect again with a larger collect.overlap, or lower max_offset)"
+            )
+
+
+class ClipsToWindows:
+    """``map_batches`` callable: a batch of raw clip samples -> a batch of windows."""
+
+    def __init__(self, spec: WindowSpec, clip_length: int, overlap: int, labeled_episodes: list[str] | None,
+                 labeled_only: bool = False):
+        self.spec, self.clip_length, self.overlap = spec, clip_length, overlap
+        self.labeled = None if labeled_episodes is None else frozenset(labeled_episodes)
+        self.labeled_only = labeled_only
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        parts, template = [], None
+        keys, urls = batch["__key__"], batch.get("__url__")
+        for i in range(len(keys)):
+            sample = {name: batch[name][i] for name in batch}
+            clip = decode_sample(sample, "" if urls is None else str(urls[i]))
+            if self.labeled is not None:
+                clip.meta["labeled"] = clip.meta["episode_id"] in self.labeled
+            entropy = None if self.spec.seed is None else [self.spec.seed, zlib.crc32(clip.key.encode())]
+            windows = clip_windows(clip, self.spec.frame_stack, self.spec.max_offset,
+                                   np.random.default_rng(entropy), self.overlap, self.clip_length)
+            if self.labeled_only and not clip.meta["labeled"]:
+                template = windows
+                continue
+            parts.append(windows)
+        if not parts:  # only unlabeled clips: zero rows, but the schema (shapes, dtypes) stays
+            return {name: template[name][:0] for name in WINDOW_COLUMNS}
+        return {name: np.concatenate([p[name] for p in parts]) for name in WINDOW_COLUMNS}
+
+
+def window_dataset(info: DatasetInfo, spec: WindowSpec, split: str = "train", labeled_only: bool = False,
+                   clips_per_task: int = 4, shuffle_seed: int | None = 0, num_cpus: float = 1.0):
+    """A streaming Ray Dataset of windows from the ``split`` shards of ``info``."""
+    import ray
+    from ray.data import FileShuffleConfig
+
+    info.check_windows(spec)
+    urls = info.shard_urls(split, labeled_only, spec.num_labeled)
+    shuffle = None if shuffle_seed is None else FileShuffleConfig(seed=shuffle_seed, reseed_after_execution=True)
+    ds = ray.data.read_webdataset(urls, decoder=None, shuffle=shuffle, include_paths=False)
+    make_windows = ClipsToWindows(spec, info.manifest["clip_length"], info.manifest["overlap"],
+                                  info.labeled_episodes(spec.num_labeled), labeled_only)
+    return ds.map_batches(make_windows, batch_size=clips_per_task, batch_format="numpy", num_cpus=num_cpus)
