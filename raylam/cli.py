@@ -42,6 +42,25 @@ def cmd_collect(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    cfg = _load(args)
+    from raylam.train.trainer import train
+
+    if not cfg.stages:
+        print(f"raylam train: {args.config} defines no `stages`", file=sys.stderr)
+        return 2
+    indices = [cfg.stage_index(name) for name in args.stage] if args.stage else range(len(cfg.stages))
+    for i in indices:
+        stage = cfg.stage(i)
+        what = f"labels from {stage.lam_run}" if stage.stage == "relabel" else stage.model.method
+        print(f"== stage {stage.run_name}: {stage.stage} ({what}) -> {stage.storage_path}/{stage.run_name}", flush=True)
+        result = train(stage, cfg.name)
+        metrics = result if isinstance(result, dict) else result.metrics
+        shown = {k: round(v, 4) for k, v in metrics.items() if k in ("loss", "step", "samples_per_s", "num_labels")}
+        print(f"== stage {stage.run_name} done: {shown}", flush=True)
+    return 0
+
+
 def cmd_inspect(args) -> int:
     from raylam.data.inspect import frame_grid, inspect_dataset
 
@@ -63,6 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("collect", help="roll out experts in the distracting env, write WebDataset shards")
     _add_config_args(p)
     p.set_defaults(func=cmd_collect)
+
+    p = sub.add_parser("train", help="run the training stages of an experiment on Ray Train (all, or --stage)")
+    _add_config_args(p)
+    p.add_argument("--stage", action="append", metavar="RUN_NAME", help="run only this stage (repeatable)")
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("inspect", help="validate a dataset and print a summary; optional PNG of frames")
     p.add_argument("dataset", help="dataset directory or URI")

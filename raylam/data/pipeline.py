@@ -80,10 +80,11 @@ class ClipsToWindows:
     """``map_batches`` callable: a batch of raw clip samples -> a batch of windows."""
 
     def __init__(self, spec: WindowSpec, clip_length: int, overlap: int, labeled_episodes: list[str] | None,
-                 labeled_only: bool = False):
+                 labeled_only: bool = False, labels: str | None = None):
         self.spec, self.clip_length, self.overlap = spec, clip_length, overlap
         self.labeled = None if labeled_episodes is None else frozenset(labeled_episodes)
         self.labeled_only = labeled_only
+        self.labels = None if labels is None else EpisodeLabels(labels)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         parts, template = [], None
@@ -96,17 +97,52 @@ class ClipsToWindows:
             entropy = None if self.spec.seed is None else [self.spec.seed, zlib.crc32(clip.key.encode())]
             windows = clip_windows(clip, self.spec.frame_stack, self.spec.max_offset,
                                    np.random.default_rng(entropy), self.overlap, self.clip_length)
+            if self.labels is not None:
+                windows["latents"] = self.labels.lookup(int(clip.meta["episode_index"]), windows["step"])
             if self.labeled_only and not clip.meta["labeled"]:
                 template = windows
                 continue
             parts.append(windows)
         if not parts:  # only unlabeled clips: zero rows, but the schema (shapes, dtypes) stays
-            return {name: template[name][:0] for name in WINDOW_COLUMNS}
-        return {name: np.concatenate([p[name] for p in parts]) for name in WINDOW_COLUMNS}
+            return {name: column[:0] for name, column in template.items()}
+        return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+
+
+class EpisodeLabels:
+    """Latents written by the relabel stage, read one episode at a time (clips of an episode are
+    adjacent in a shard, so one read serves all of them)."""
+
+    def __init__(self, uri: str):
+        self.location = resolve(uri)
+        self.uri = uri
+        self._episode, self._table = None, None
+        self.dim: int | None = None
+
+    def lookup(self, episode: int, steps: np.ndarray) -> np.ndarray:
+        import pyarrow.parquet as pq
+
+        if episode != self._episode:
+            path = self.location.path(f"episode={episode}")
+            try:
+                table = pq.read_table(path, filesystem=self.location.fs, columns=["step", "latent"])
+            except (FileNotFoundError, OSError) as err:
+                raise FileNotFoundError(f"labels {self.uri}: no labels for episode {episode} ({err})") from None
+            latent = table.column("latent").combine_chunks()
+            self.dim = latent.type.list_size
+            values = latent.values.to_numpy(zero_copy_only=False).reshape(-1, self.dim)
+            order = table.column("step").to_numpy()
+            dense = np.full((order.max() + 1, self.dim), np.nan, dtype=np.float32)
+            dense[order] = values
+            self._episode, self._table = episode, dense
+        if steps.size and (steps.max() >= len(self._table) or np.isnan(self._table[steps, 0]).any()):
+            raise ValueError(f"labels {self.uri}: episode {episode} lacks labels for some of steps "
+                             f"{int(steps.min())}..{int(steps.max())}; relabel the dataset again")
+        return self._table[steps]
 
 
 def window_dataset(info: DatasetInfo, spec: WindowSpec, split: str = "train", labeled_only: bool = False,
-                   clips_per_task: int = 4, shuffle_seed: int | None = 0, num_cpus: float = 1.0):
+                   clips_per_task: int = 4, shuffle_seed: int | None = 0, num_cpus: float = 1.0,
+                   labels: str | None = None):
     """A streaming Ray Dataset of windows from the ``split`` shards of ``info``."""
     import ray
     from ray.data import FileShuffleConfig
@@ -116,5 +152,5 @@ def window_dataset(info: DatasetInfo, spec: WindowSpec, split: str = "train", la
     shuffle = None if shuffle_seed is None else FileShuffleConfig(seed=shuffle_seed, reseed_after_execution=True)
     ds = ray.data.read_webdataset(urls, decoder=None, shuffle=shuffle, include_paths=False)
     make_windows = ClipsToWindows(spec, info.manifest["clip_length"], info.manifest["overlap"],
-                                  info.labeled_episodes(spec.num_labeled), labeled_only)
+                                  info.labeled_episodes(spec.num_labeled), labeled_only, labels)
     return ds.map_batches(make_windows, batch_size=clips_per_task, batch_format="numpy", num_cpus=num_cpus)

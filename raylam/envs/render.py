@@ -23,4 +23,13 @@ def configure_rendering(backend: str = "auto") -> str:
         has_gpu = os.path.exists("/dev/nvidia0") or shutil.which("nvidia-smi") is not None
         backend = "egl" if has_gpu else "osmesa"
     os.environ["MUJOCO_GL"] = backend
+    _quiet_model_loading()
     return backend
+
+
+def _quiet_model_loading() -> None:
+    """dm-control 1.0.50 on mujoco 3.17 logs a deprecation warning (``settotalmass``) through absl
+    on every model load; one per episode would drown the progress bar."""
+    from absl import logging as absl_logging
+
+    absl_logging.set_verbosity(absl_logging.ERROR)

@@ -1,0 +1,67 @@
+"""What every method shares: the trainer-facing interface and a few loss helpers.
+
+The trainer sees only this interface, so it needs no per-method branches::
+
+    loss, metrics = model.loss(batch, labeled_batch)   # == model(batch, labeled_batch)
+    loss.backward(); optimizer.step(); model.after_step()
+
+``loss`` is ``forward``, so a DDP-wrapped model is called as ``ddp(batch, labeled_batch)`` and
+gradients are synchronised as usual; ``after_step`` is then called on ``ddp.module``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from raylam.models.augment import augment
+from raylam.models.batch import Batch
+from raylam.models.config import ModelConfig
+
+
+class Method(nn.Module):
+    def __init__(self, config: ModelConfig, action_dim: int, state_dim: int):
+        super().__init__()
+        self.config, self.action_dim, self.state_dim = config, action_dim, state_dim
+
+    def loss(self, batch: Batch, labeled_batch: Batch | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+        """(scalar loss to minimise, metrics: name -> detached 0-dim tensor)."""
+        return self(batch, labeled_batch)
+
+    def after_step(self) -> None:
+        """Called after every optimizer step (EMA targets); a no-op unless a method needs it."""
+
+    def predictions(self, batch: Batch) -> dict[str, tuple[Tensor, Tensor]]:
+        """{name: (prediction, target)} for held-out evaluation (see :func:`probes.evaluate`)."""
+        return {}
+
+    def augment(self, x: Tensor) -> Tensor:
+        """The paper's augmentations on float images, in training mode when ``augment`` is on."""
+        c = self.config
+        if c.augment and self.training:
+            return augment(x, c.aug_shift, c.aug_rotate, c.aug_perspective)
+        return x
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """What the optimizer should update (EMA targets and frozen parts excluded)."""
+        return [p for p in self.parameters() if p.requires_grad]
+
+
+def masked_mse(pred: Tensor, target: Tensor, weight: Tensor) -> Tensor:
+    """Mean over rows with weight 1 of the per-row MSE; 0 when no row counts (no branching)."""
+    per_row = (pred.float() - target.float()).pow(2).mean(-1)
+    return (per_row * weight).sum() / weight.sum().clamp_min(1.0)
+
+
+@torch.no_grad()
+def ema_update(target: nn.Module, online: nn.Module, tau: float) -> None:
+    """target <- target + tau (online - target), for parameters and float buffers, in place."""
+    t_params = list(target.parameters())
+    o_params = list(online.parameters())
+    torch._foreach_lerp_(t_params, o_params, tau)
+    for tb, ob in zip(target.buffers(), online.buffers(), strict=True):
+        if tb.is_floating_point():
+            tb.lerp_(ob, tau)
+        else:
+            tb.copy_(ob)

@@ -1,0 +1,90 @@
+"""Configuration of a training stage (one Ray Train run)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from raylam.config import ConfigError, spec
+from raylam.models.config import LAMS, ModelConfig
+
+STAGES = ("lam", "idm", "relabel", "latent_bc", "action_decoder", "bc")
+
+# Which model methods each stage may train; relabel trains nothing.
+STAGE_METHODS = {
+    "lam": LAMS,
+    "idm": ("idm",),
+    "latent_bc": ("latent_bc",),
+    "action_decoder": ("action_decoder",),
+    "bc": ("bc",),
+    "relabel": (),
+}
+
+
+@dataclass
+class DataLoaderConfig:
+    """How windows stream from shards to the workers."""
+
+    clips_per_task: int = spec(4, ge=1, help="clips decoded and windowed per Ray Data map task")
+    read_cpus: float = spec(1.0, gt=0.0, help="CPUs per Ray Data decode task")
+    prefetch_batches: int = spec(2, ge=0, help="batches prefetched per worker")
+    local_shuffle_buffer: int = spec(0, ge=0, help="rows in each worker's shuffle buffer (0: off)")
+    shuffle_seed: int | None = spec(0, help="shard order seed (reshuffled every epoch); null: no shuffle")
+
+
+@dataclass
+class WandbConfig:
+    enabled: bool = spec(False, help="log to Weights & Biases from rank 0")
+    project: str = spec("raylam")
+    mode: str = spec("offline", choices=("online", "offline"), help="offline needs no network")
+    entity: str | None = spec(None)
+
+
+@dataclass
+class TrainConfig:
+    """One stage: which data, which model, how many workers, how long, where results go."""
+
+    stage: str = spec("lam", choices=STAGES, help="what this run trains (or relabel)")
+    dataset: str = spec("data/quickstart", help="dataset directory or URI written by `raylam collect`")
+    model: ModelConfig = spec(ModelConfig(), help="model; model.method selects the method")
+    num_labeled: int | None = spec(None, ge=0, help="label budget (first n of the dataset's order); null: all")
+    storage_path: str = spec("runs", help="where runs live: local directory or s3:// / gs:// URI")
+    run_name: str | None = spec(None, help="run directory name; null: <experiment>-<stage>-<method>")
+    lam_run: str | None = spec(None, help="relabel: run directory of the LAM (or IDM) to label with")
+    labels: str | None = spec(None, help="latent_bc/action_decoder: directory written by the relabel stage")
+
+    # scale
+    num_workers: int = spec(1, ge=1, help="Ray Train workers (DDP ranks)")
+    use_gpu: bool = spec(False, help="one GPU per worker")
+    cpus_per_worker: float = spec(1.0, gt=0.0)
+
+    # optimisation
+    steps: int = spec(1000, ge=1, help="optimizer steps in total")
+    batch_size: int = spec(512, ge=1, help="windows per step per worker")
+    labeled_batch_size: int = spec(128, ge=1, help="labeled windows per step (laom_sup supervision)")
+    precision: str = spec("fp32", choices=("fp32", "bf16"), help="bf16: autocast on the device")
+    compile: bool = spec(False, help="torch.compile the model")
+    data: DataLoaderConfig = spec(DataLoaderConfig())
+
+    # reporting and fault tolerance
+    report_every: int = spec(50, ge=1, help="steps between ray.train.report calls")
+    checkpoint_every: int = spec(500, ge=1, help="steps between checkpoints (also at the end)")
+    keep_checkpoints: int = spec(2, ge=1, help="checkpoints kept (newest by step)")
+    max_failures: int = spec(2, ge=0, help="worker failures survived by restoring the last checkpoint")
+    wandb: WandbConfig = spec(WandbConfig())
+    fail_at_step: int | None = spec(None, ge=1, help="test hook: raise once at this step (never on a resumed run)")
+
+    def validate(self) -> None:
+        allowed = STAGE_METHODS[self.stage]
+        if allowed and self.model.method not in allowed:
+            raise ConfigError(
+                f"model.method: got {self.model.method!r}, stage {self.stage!r} expects one of {list(allowed)}"
+            )
+        if self.checkpoint_every % self.report_every:
+            raise ConfigError(
+                f"checkpoint_every: got {self.checkpoint_every}, expected a multiple of report_every "
+                f"({self.report_every}): checkpoints are saved at report steps"
+            )
+        if self.stage == "relabel" and not self.lam_run:
+            raise ConfigError("lam_run: stage relabel needs the run directory of a trained LAM or IDM")
+        if self.stage in ("latent_bc", "action_decoder") and not self.labels:
+            raise ConfigError(f"labels: stage {self.stage} needs the output directory of a relabel stage")

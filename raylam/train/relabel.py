@@ -1,0 +1,101 @@
+"""Relabeling: a trained LAM (or IDM) labels every transition with Ray Data batch inference.
+
+Windows stream from the shards into an autoscaling pool of actors, each holding the model once
+(on a GPU when the cluster has them); the labels land as Parquet partitioned by episode,
+``<run>/labels/episode=<i>/*.parquet`` with columns ``step``, ``latent`` (the LAM's z, or the
+IDM's predicted action) and ``action`` (the true one, for probes). A later stage joins them to
+its windows one episode at a time, so nothing ever holds the whole table.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import pyarrow as pa
+
+from raylam.config import to_dict
+from raylam.data.pipeline import DatasetInfo, WindowSpec, window_dataset
+from raylam.data.storage import resolve
+from raylam.train.artifacts import ARTIFACT, load_run
+from raylam.train.config import TrainConfig
+from raylam.train.loop import rows_to_batch
+
+LABELS = "labels"
+
+
+def _fixed_list(array: np.ndarray) -> pa.FixedSizeListArray:
+    array = np.ascontiguousarray(array, dtype=np.float32)
+    return pa.FixedSizeListArray.from_arrays(pa.array(array.reshape(-1)), array.shape[1])
+
+
+class Labeler:
+    """Ray Data actor: loads the model once, then labels batches of windows."""
+
+    def __init__(self, lam_run: str, use_gpu: bool, precision: str):
+        import torch
+
+        self.torch = torch
+        self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+        self.model, _, _ = load_run(lam_run, self.device, expect_stages=("lam", "idm"))
+        self.autocast = dict(device_type=self.device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+    def __call__(self, rows: dict[str, np.ndarray]) -> pa.Table:
+        torch = self.torch
+        batch = rows_to_batch({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in rows.items()
+                               if k in ("obs", "next_frame", "future_obs", "offset", "actions", "states", "labeled")},
+                              self.device)
+        with torch.inference_mode(), torch.autocast(**self.autocast):
+            z = self.model.latent_action(batch.obs, batch.next_obs).float().cpu().numpy()
+        return pa.table({
+            "episode": pa.array(rows["episode"], pa.int64()),
+            "step": pa.array(rows["step"], pa.int64()),
+            "latent": _fixed_list(z),
+            "action": _fixed_list(rows["actions"]),
+        })
+
+
+def relabel(cfg: TrainConfig, experiment: str = "raylam") -> dict:
+    """Label every transition of the dataset (train and held-out splits); returns the artifact."""
+    import ray
+
+    from raylam.train.trainer import run_name
+
+    info = DatasetInfo(cfg.dataset)
+    if not ray.is_initialized():
+        ray.init()
+    _, meta, lam_artifact = load_run(cfg.lam_run, "cpu", expect_stages=("lam", "idm"))
+    spec = WindowSpec(frame_stack=meta["model"]["frame_stack"], max_offset=1, seed=0)
+    run_dir = resolve(f"{cfg.storage_path.rstrip('/')}/{run_name(cfg, experiment)}")
+    run_dir.makedirs()
+    out = run_dir.url(LABELS)
+    run_dir.fs.delete_dir_contents(run_dir.path(LABELS), missing_dir_ok=True)  # a rerun replaces, never appends
+    gpus = 1 if cfg.use_gpu else 0
+    splits = [s for s in ("train", "heldout") if info.manifest["splits"].get(s)]
+    for split in splits:
+        ds = window_dataset(info, spec, split=split, clips_per_task=cfg.data.clips_per_task, shuffle_seed=None,
+                            num_cpus=cfg.data.read_cpus)
+        labels = ds.map_batches(
+            Labeler,
+            fn_constructor_kwargs={"lam_run": cfg.lam_run, "use_gpu": cfg.use_gpu, "precision": cfg.precision},
+            batch_size=cfg.batch_size, batch_format="numpy", num_gpus=gpus, num_cpus=0 if gpus else cfg.cpus_per_worker,
+            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=cfg.num_workers),
+        )
+        labels.write_parquet(out, partition_cols=["episode"])
+    written = ray.data.read_parquet(out).count()
+    expected = info.manifest["num_transitions"] - info.manifest["num_episodes"]
+    if written != expected:
+        raise RuntimeError(f"relabel wrote {written} labels to {out}, expected one per transition ({expected})")
+    artifact = {
+        "stage": "relabel",
+        "method": lam_artifact["method"],
+        "lam_run": cfg.lam_run,
+        "labels": out,
+        "latent_dim": int(meta["model"]["latent_dim"]) if lam_artifact["method"] != "idm" else meta["action_dim"],
+        "num_labels": written,
+        "dataset": cfg.dataset,
+        "config": to_dict(cfg),
+        "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    run_dir.write_json(ARTIFACT, artifact)
+    return artifact

@@ -1,0 +1,134 @@
+"""TorchTrainer assembly: one function runs any training stage on the current Ray cluster.
+
+Each stage reads its inputs by path (a dataset, a LAM run, a relabel table) and leaves a run
+directory with Ray Train's checkpoints plus ``artifact.json`` naming the final checkpoint, so the
+next stage loads it without retraining anything.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from dataclasses import replace
+
+from raylam.config import to_dict
+from raylam.data.pipeline import DatasetInfo, WindowSpec, window_dataset
+from raylam.data.storage import resolve
+from raylam.train.artifacts import ARTIFACT, read_artifact
+from raylam.train.config import TrainConfig
+from raylam.train.loop import train_loop_per_worker
+
+
+def run_name(cfg: TrainConfig, experiment: str = "raylam") -> str:
+    if cfg.run_name:
+        return cfg.run_name
+    return f"{experiment}-{cfg.stage}-{cfg.model.method}"
+
+
+def stage_datasets(cfg: TrainConfig, info: DatasetInfo, labels: str | None = None) -> dict:
+    """The Ray Datasets a stage trains on: 'train' (split across workers) and optionally 'labeled'."""
+    spec = WindowSpec(frame_stack=cfg.model.frame_stack, max_offset=cfg.model.max_offset,
+                      num_labeled=cfg.num_labeled)
+    common = dict(clips_per_task=cfg.data.clips_per_task, shuffle_seed=cfg.data.shuffle_seed,
+                  num_cpus=cfg.data.read_cpus, labels=labels)
+    labeled_only = cfg.stage in ("idm", "bc", "action_decoder")
+    datasets = {"train": window_dataset(info, spec, labeled_only=labeled_only, **common)}
+    if cfg.stage == "lam" and cfg.model.method == "laom_sup":
+        datasets["labeled"] = window_dataset(info, spec, labeled_only=True, **common)
+    return datasets
+
+
+def check_dataset(cfg: TrainConfig, info: DatasetInfo) -> dict:
+    """Fail before any worker starts when the dataset and the model disagree."""
+    shape = info.manifest["frame_shape"]
+    if shape[0] != cfg.model.image_size or shape[1] != cfg.model.image_size:
+        raise ValueError(
+            f"dataset {cfg.dataset} has {shape[0]}x{shape[1]} frames, model.image_size is {cfg.model.image_size}"
+        )
+    if shape[2] != cfg.model.frame_channels:
+        raise ValueError(f"dataset {cfg.dataset} has {shape[2]} channels, model.frame_channels is {cfg.model.frame_channels}")
+    info.labeled_episodes(cfg.num_labeled)  # raises if the budget exceeds the dataset's labels
+    if cfg.stage in ("idm", "bc", "action_decoder") or cfg.model.method == "laom_sup":
+        if not info.labeled_episodes(cfg.num_labeled):
+            raise ValueError(f"stage {cfg.stage} ({cfg.model.method}) needs labeled episodes; num_labeled is 0")
+    return {"action_dim": info.manifest["action_dim"], "state_dim": info.manifest["state_dim"]}
+
+
+def _warn_if_no_cpu_for_data(cfg: TrainConfig) -> None:
+    """Train workers holding every CPU starve Ray Data's decode tasks and the run stalls: say so."""
+    import ray
+
+    cpus = ray.cluster_resources().get("CPU", 0)
+    left = cpus - cfg.num_workers * cfg.cpus_per_worker
+    if left < cfg.data.read_cpus:
+        print(
+            f"warning: {cfg.num_workers} workers x {cfg.cpus_per_worker} CPU leave {left:g} of {cpus:g} CPUs for "
+            f"Ray Data decode tasks that need {cfg.data.read_cpus:g}; unless the autoscaler adds nodes the run "
+            "will stall. Lower cpus_per_worker or data.read_cpus, or add CPUs.",
+            flush=True,
+        )
+
+
+def train(cfg: TrainConfig, experiment: str = "raylam"):
+    """Run one stage on the current Ray cluster: a TorchTrainer run (returns its ``ray.train.Result``),
+    or, for ``relabel``, batch inference (returns the relabel artifact)."""
+    import ray
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    if cfg.stage == "relabel":
+        from raylam.train.relabel import relabel
+
+        return relabel(cfg, experiment)
+    info = DatasetInfo(cfg.dataset)
+    labels = None
+    if cfg.stage in ("latent_bc", "action_decoder"):
+        relabeled = read_artifact(cfg.labels, expect_stages=("relabel",))
+        labels = relabeled["labels"]
+        if relabeled["latent_dim"] != cfg.model.latent_dim:  # the labels decide the latent size
+            cfg = replace(cfg, model=replace(cfg.model, latent_dim=relabeled["latent_dim"]))
+    dims = check_dataset(cfg, info)
+    if not ray.is_initialized():
+        ray.init()
+    _warn_if_no_cpu_for_data(cfg)
+    name = run_name(cfg, experiment)
+    storage = resolve(cfg.storage_path)
+    storage.makedirs()
+    run_dir = resolve(f"{cfg.storage_path.rstrip('/')}/{name}")
+    local = "://" not in cfg.storage_path
+    datasets = stage_datasets(cfg, info, labels)
+    loop_config = {
+        "train": to_dict(cfg), "dims": dims, "datasets": sorted(datasets), "run_name": name,
+        "tensorboard_dir": os.path.join(run_dir.root, "tensorboard") if local else None,
+        "wandb_dir": run_dir.root if local else None,
+    }
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config,
+        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
+                                     resources_per_worker={"CPU": cfg.cpus_per_worker}),
+        datasets=datasets,
+        dataset_config=DataConfig(datasets_to_split=["train"]),
+        run_config=RunConfig(
+            name=name,
+            storage_path=storage.root if local else cfg.storage_path,
+            failure_config=FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints, checkpoint_score_attribute="step",
+                                               checkpoint_score_order="max"),
+        ),
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"run {name} finished without a checkpoint")
+    run_dir.makedirs()
+    run_dir.write_json(ARTIFACT, {
+        "stage": cfg.stage,
+        "method": cfg.model.method,
+        "checkpoint": result.checkpoint.path,
+        "dataset": cfg.dataset,
+        "num_labeled": cfg.num_labeled,
+        "metrics": {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))},
+        "config": to_dict(cfg),
+        "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    })
+    return result

@@ -1,0 +1,393 @@
+"""Unit tests for raylam.models: shapes, gradients, EMA, quantizer use, augmentations, config."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from raylam.config import ConfigError
+from raylam.models import (
+    FSQ,
+    IDM,
+    LAMS,
+    LAOM,
+    LAPO,
+    METHODS,
+    ActionDecoder,
+    Batch,
+    ImpalaEncoder,
+    ModelConfig,
+    Policy,
+    VectorQuantizer,
+    augment,
+    build_model,
+    evaluate,
+    masked_mse,
+    to_float_image,
+    to_uint8_frames,
+)
+from raylam.models.augment import homography, warp
+
+A, S = 6, 5  # action and state sizes of the fake data
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    yield
+    torch.set_num_threads(previous)
+
+
+def fake_batch(cfg: ModelConfig, n: int = 6, labeled: float = 0.5) -> Batch:
+    shape = (n, cfg.frame_stack, cfg.image_size, cfg.image_size, cfg.frame_channels)
+
+    def frames() -> torch.Tensor:
+        return torch.randint(0, 256, shape, dtype=torch.uint8)
+
+    return Batch(
+        obs=frames(), next_obs=frames(), future_obs=frames(),
+        offset=torch.randint(1, cfg.max_offset + 1, (n,)),
+        actions=torch.randn(n, A), states=torch.randn(n, S),
+        labeled=torch.arange(n) < max(1, int(n * labeled)),
+        latents=torch.randn(n, cfg.latent_dim),
+    )
+
+
+def small(method: str, **overrides) -> ModelConfig:
+    return ModelConfig.small(method, **overrides)
+
+
+# ---------------------------------------------------------------- config
+
+
+def test_defaults_are_the_papers_laom_sup():
+    c = ModelConfig()
+    assert (c.method, c.encoder_scale, c.encoder_channels, c.encoder_blocks) == ("laom_sup", 6, (16, 32, 32), 2)
+    assert (c.latent_dim, c.hidden_dim, c.max_offset, c.frame_stack, c.image_size) == (8192, 1024, 10, 3, 64)
+    assert (c.ema_tau, c.ema_every, c.sup_coef, c.augment, c.lr) == (0.001, 1, 0.001, True, 1e-4)
+    assert c.in_channels == 9
+    assert ModelConfig.paper("bc").encoder_scale == 32
+    assert ModelConfig.paper("action_decoder").lr == 3e-4
+    assert ModelConfig.paper("lapo").quantizer == "vq" and not ModelConfig.paper("lapo").augment
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"image_size": 36}, "multiple of 8"),
+        ({"method": "laom_sup", "sup_coef": 0.0}, "sup_coef"),
+        ({"method": "lapo", "augment": True}, "augment"),
+        ({"method": "lapo", "augment": False, "latent_dim": 30}, "vq_groups"),
+        ({"method": "nope"}, "expected one of"),
+        ({"latent_dim": 0}, ">= 1"),
+    ],
+)
+def test_bad_configs_fail_with_a_message_naming_the_key(changes, message):
+    with pytest.raises(ConfigError, match=message):
+        ModelConfig().replace(**changes)
+
+
+# ---------------------------------------------------------------- batch
+
+
+def test_uint8_stacks_become_normalised_channels_last_images():
+    obs = torch.randint(0, 256, (2, 3, 8, 8, 3), dtype=torch.uint8)
+    x = to_float_image(obs)
+    assert x.shape == (2, 9, 8, 8) and x.dtype == torch.float32
+    assert x.is_contiguous(memory_format=torch.channels_last)
+    # channel i*C + c is channel c of frame i, scaled to [-1, 1]
+    assert torch.allclose(x[:, 1 * 3 + 2], obs[:, 1, :, :, 2].float() / 127.5 - 1, atol=1e-6)
+    assert x.min() >= -1 and x.max() <= 1
+    assert torch.equal(to_uint8_frames(x, 3), obs)
+
+
+def test_batch_helpers():
+    cfg = small("laom")
+    b = fake_batch(cfg)
+    b.validate(cfg.frame_stack, cfg.image_size)
+    moved = b.to("cpu")
+    assert torch.equal(moved.obs, b.obs) and len(moved) == 6
+    numpy_batch = {k: v.numpy() for k, v in b.as_dict().items() if v is not None}
+    rebuilt = Batch.from_dict({**numpy_batch, "extra": np.zeros(3)})
+    assert torch.equal(rebuilt.actions, b.actions) and rebuilt.labeled.dtype == torch.bool
+    with pytest.raises(ValueError, match="batch.obs"):
+        Batch(obs=b.obs.float()).validate(cfg.frame_stack, cfg.image_size)
+    with pytest.raises(ValueError, match="'future_obs'"):
+        build_model(cfg, A, S).loss(Batch(obs=b.obs, next_obs=b.next_obs))
+
+
+def test_masked_mse_ignores_unlabeled_rows_and_survives_none():
+    pred, target = torch.zeros(4, 2), torch.tensor([[1.0, 1.0], [2.0, 2.0], [9.0, 9.0], [9.0, 9.0]])
+    assert masked_mse(pred, target, torch.tensor([1.0, 1.0, 0.0, 0.0])) == pytest.approx(2.5)
+    assert masked_mse(pred, target, torch.zeros(4)) == 0.0
+
+
+# ---------------------------------------------------------------- encoder
+
+
+@pytest.mark.parametrize("downsample", ["stride", "maxpool"])
+def test_encoder_feature_size(downsample):
+    enc = ImpalaEncoder(9, 64, (16, 32, 32), scale=2, blocks=1, downsample=downsample)
+    assert enc.out_shape == (64, 8, 8) and enc.feature_dim == 4096
+    x = torch.randn(2, 9, 64, 64).contiguous(memory_format=torch.channels_last)
+    assert enc.features(x).shape == (2, 4096)
+    assert enc(x).shape == (2, 64, 8, 8)
+
+
+def test_paper_encoder_has_12288_features():
+    with torch.device("meta"):
+        model = build_model(ModelConfig(), A, S)
+    assert model.encoder.feature_dim == 12288  # 192 channels x 8 x 8
+    n_params = sum(p.numel() for p in model.trainable_parameters())
+    assert 180e6 < n_params < 200e6  # the paper's LAOM+sup has ~192 M
+
+
+# ---------------------------------------------------------------- every model
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_shapes_dtypes_and_interface(method):
+    cfg = small(method)
+    model = build_model(cfg, A, S)
+    assert isinstance(model, {"idm": IDM, "lapo": LAPO, "laom": LAOM, "laom_sup": LAOM, "bc": Policy,
+                              "latent_bc": Policy, "action_decoder": ActionDecoder}[method])
+    b = fake_batch(cfg)
+    loss, metrics = model.loss(b, fake_batch(cfg, 3, labeled=1.0))
+    assert loss.shape == () and loss.dtype == torch.float32 and torch.isfinite(loss)
+    assert "loss" in metrics
+    for name, value in metrics.items():
+        assert value.shape == () and not value.requires_grad, name
+    model.after_step()
+    if method in LAMS or method == "idm":
+        z = model.latent_action(b.obs, b.next_obs)
+        assert z.shape == (6, A if method == "idm" else cfg.latent_dim) and z.dtype == torch.float32
+    if method in ("bc", "latent_bc"):
+        assert model.act(b.obs).shape == (6, A if method == "bc" else cfg.latent_dim)
+    if method == "action_decoder":
+        assert model.decode(b.latents).shape == (6, A)
+    report = evaluate(model, [b, fake_batch(cfg)])
+    assert report and all(k.endswith(("/mse", "/r2")) for k in report)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_gradient_reaches_every_trainable_parameter(method):
+    cfg = small(method)
+    model = build_model(cfg, A, S)
+    loss, _ = model.loss(fake_batch(cfg, 8), fake_batch(cfg, 4, labeled=1.0))
+    loss.backward()
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            assert p.grad is not None and p.grad.abs().sum() > 0, name
+        else:
+            assert p.grad is None, name
+
+
+@pytest.mark.parametrize("method", ["laom_sup", "lapo", "idm"])
+def test_probes_never_change_the_models_gradients(method):
+    """Training probes beside the model leaves the model's own gradients exactly as without them."""
+    cfg = small(method)
+    with_probes = build_model(cfg, A, S)
+    without = build_model(cfg.replace(probes=False), A, S)
+    without.load_state_dict(with_probes.state_dict(), strict=False)
+    b, lb = fake_batch(cfg), fake_batch(cfg, 3, labeled=1.0)
+    for model in (with_probes, without):
+        torch.manual_seed(1)  # same augmentations
+        model.loss(b, lb)[0].backward()
+    grads = dict(without.named_parameters())
+    for name, p in with_probes.named_parameters():
+        if p.requires_grad and not name.startswith("probes."):
+            assert torch.allclose(p.grad, grads[name].grad, atol=1e-6), name
+
+
+def test_laom_sup_supervises_labeled_rows_without_a_labeled_batch():
+    cfg = small("laom_sup")
+    model = build_model(cfg, A, S)
+    _, metrics = model.loss(fake_batch(cfg))
+    assert metrics["laom/sup_loss"] > 0
+    _, metrics = build_model(small("laom"), A, S).loss(fake_batch(cfg))
+    assert "laom/sup_loss" not in metrics
+
+
+def test_bf16_autocast_gives_a_float32_loss_that_backpropagates():
+    cfg = small("laom_sup")
+    model = build_model(cfg, A, S)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, _ = model.loss(fake_batch(cfg), fake_batch(cfg, 3))
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    loss.backward()
+    assert model.encoder.stages[0].conv.weight.grad is not None
+
+
+def test_laom_sup_traces_as_one_graph():
+    """No graph breaks: torch.compile(fullgraph=True) would fail on any (eager backend, CPU-cheap)."""
+    cfg = small("laom_sup")
+    model = build_model(cfg, A, S)
+    compiled = torch.compile(model, fullgraph=True, backend="eager")
+    loss, _ = compiled(fake_batch(cfg), fake_batch(cfg, 3))
+    loss.backward()
+    torch._dynamo.reset()
+
+
+# ---------------------------------------------------------------- EMA
+
+
+def test_ema_target_moves_exactly_tau_toward_online():
+    cfg = small("laom", ema_tau=0.25, ema_every=2)
+    model = build_model(cfg, A, S)
+    with torch.no_grad():  # make online and target differ
+        for p in model.encoder.parameters():
+            p.add_(torch.randn_like(p))
+    online = [p.detach().clone() for p in model.encoder.parameters()]
+    before = [p.detach().clone() for p in model.target_encoder.parameters()]
+    model.after_step()  # step 0: update
+    after = [p.detach().clone() for p in model.target_encoder.parameters()]
+    for o, b, a in zip(online, before, after, strict=True):
+        assert torch.allclose(a, b + 0.25 * (o - b), atol=1e-6)
+    model.after_step()  # step 1: ema_every=2 skips it
+    for a, p in zip(after, model.target_encoder.parameters(), strict=True):
+        assert torch.equal(a, p)
+    assert all(not p.requires_grad for p in model.target_encoder.parameters())
+    assert not any(p is q for p in model.trainable_parameters() for q in model.target_encoder.parameters())
+
+
+# ---------------------------------------------------------------- quantizers
+
+
+def _lapo_codes_after_training(quantizer: str) -> tuple[torch.Tensor, float]:
+    cfg = small("lapo", quantizer=quantizer, latent_dim=16, vq_groups=2, vq_codes=16, fsq_levels=[4, 4],
+                image_size=16, encoder_channels=[8, 16, 16])
+    model = build_model(cfg, A, S)
+    opt = torch.optim.Adam(model.trainable_parameters(), lr=1e-3)
+    b = fake_batch(cfg, 32)
+    for _ in range(10):
+        loss, metrics = model.loss(b)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        obs, nxt = to_float_image(b.obs), to_float_image(b.next_obs)
+        z = model.idm_out(torch.nn.functional.gelu(model.idm_encoder.features(torch.cat([obs, nxt], 1))))
+        codes = model.quantizer.codes_of(z)
+    return codes, float(metrics[f"{quantizer}/perplexity"])
+
+
+@pytest.mark.parametrize("quantizer", ["vq", "fsq"])
+def test_quantizer_codes_are_used(quantizer):
+    codes, perplexity = _lapo_codes_after_training(quantizer)
+    distinct = [len(torch.unique(codes[:, g])) for g in range(codes.shape[1])]
+    assert min(distinct) >= 4, distinct  # 32 transitions, no group collapsed onto one code
+    assert perplexity > 3
+
+
+def test_vector_quantizer_snaps_to_codes_with_straight_through_gradient():
+    vq = VectorQuantizer(8, groups=2, codes=5)
+    z = torch.randn(10, 8, requires_grad=True)
+    z_q, loss, _ = vq(z)
+    idx = vq.codes_of(z)
+    expected = torch.stack([vq.codebook[g, idx[:, g]] for g in range(2)], 1).view(10, 8)
+    assert torch.allclose(z_q, expected, atol=1e-6)
+    (z_q.sum() + loss).backward()
+    assert z.grad is not None and vq.codebook.grad is not None
+
+
+def test_fsq_rounds_to_its_levels():
+    fsq = FSQ(4, levels=(5, 4))
+    z_q, loss, _ = fsq(torch.randn(100, 4) * 3)
+    assert loss == 0
+    assert set(torch.unique(z_q[:, 0] * 2).tolist()) <= {-2.0, -1.0, 0.0, 1.0, 2.0}
+    assert set(torch.unique(z_q[:, 1] * 2).tolist()) <= {-2.0, -1.0, 0.0, 1.0}
+    assert fsq.codes_of(torch.randn(100, 4)).max() < 20
+
+
+# ---------------------------------------------------------------- augmentations
+
+
+def test_warp_identity_shift_and_rotation_are_exact():
+    x = torch.randn(2, 3, 16, 16)
+    eye = torch.eye(3).expand(2, 3, 3)
+    assert torch.allclose(warp(x, eye), x, atol=1e-5)
+    shift = torch.eye(3).repeat(2, 1, 1)
+    shift[:, 0, 2] = 2 * 2 / 16  # sample 2 pixels to the right
+    assert torch.allclose(warp(x, shift)[..., :-2], x[..., 2:], atol=1e-5)
+    rot = torch.tensor([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]).expand(2, 3, 3)
+    assert torch.allclose(warp(x, rot), torch.rot90(x, 1, dims=(2, 3)), atol=1e-5)
+
+
+def test_homography_maps_the_four_points():
+    src = torch.tensor([[[-1.0, -1.0], [1.0, -1.0], [1.0, 1.0], [-1.0, 1.0]]])
+    dst = src + torch.tensor([[[0.2, 0.1], [-0.1, 0.3], [-0.2, -0.2], [0.1, -0.1]]])
+    h = homography(src, dst)
+    p = torch.cat([src, torch.ones(1, 4, 1)], -1) @ h.transpose(1, 2)
+    assert torch.allclose(p[..., :2] / p[..., 2:], dst, atol=1e-5)
+
+
+def test_augment_is_batched_random_and_float32_under_autocast():
+    x = torch.rand(64, 9, 32, 32) * 2 - 1
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = augment(x)
+    assert y.shape == x.shape and y.dtype == torch.float32
+    changed = (y - x).abs().flatten(1).amax(1) > 1e-4
+    assert 0.7 < changed.float().mean() < 1.0  # 1 recipe in 8 is "nothing"
+    assert y.min() >= -1 - 1e-5 and y.max() <= 1 + 1e-5
+
+
+def test_every_view_gets_its_own_augmentation():
+    cfg = small("laom")
+    model = build_model(cfg, A, S)
+    x = to_float_image(fake_batch(cfg).obs)
+    same = torch.cat([x, x])
+    out = model.augment(same)
+    assert not torch.allclose(out[:6], out[6:])
+    model.eval()
+    assert torch.equal(model.augment(x), x)  # off outside training
+
+
+# ---------------------------------------------------------------- policies and pipeline
+
+
+def test_latent_bc_from_a_frozen_lam_and_decoder_from_the_policy():
+    lam_cfg = small("laom_sup")
+    lam = build_model(lam_cfg, A, S).eval()
+    policy = build_model(small("latent_bc"), A, S)
+    policy.set_labeler(lam.latent_action)
+    b = fake_batch(lam_cfg)
+    b.latents = None
+    loss, metrics = policy.loss(b)
+    loss.backward()
+    assert all(p.grad is None for p in lam.parameters())  # the labeler stays frozen
+    assert "latent_bc/latent_mse" in metrics and "probe/action_mse" in metrics
+    decoder = build_model(small("action_decoder"), A, S)
+    decoder.set_source(policy.act)
+    assert decoder.act(b.obs).shape == (6, A)
+    loss, _ = decoder.loss(b)
+    assert torch.isfinite(loss)
+    assert "policy" not in dict(decoder.named_modules())  # sources are not submodules
+
+
+def test_bc_learns_only_from_labeled_rows():
+    cfg = small("bc")
+    model = build_model(cfg, A, S)
+    b = fake_batch(cfg, 6)
+    loss_a, _ = model.loss(b)
+    b.actions[~b.labeled] += 100.0  # unlabeled actions must not matter
+    loss_b, _ = model.loss(b)
+    assert torch.allclose(loss_a, loss_b)
+
+
+def test_evaluate_reports_mse_and_r2():
+    class Perfect(torch.nn.Module):
+        def predictions(self, batch):
+            return {"exact": (batch.actions, batch.actions),
+                    "mean": (torch.zeros_like(batch.actions) + batch.actions.mean(0), batch.actions)}
+
+    b = fake_batch(small("laom"), 50)
+    report = evaluate(Perfect(), [b])
+    assert report["exact/mse"] == 0 and report["exact/r2"] == pytest.approx(1.0)
+    assert report["mean/r2"] == pytest.approx(0.0, abs=1e-6)
+    assert report["mean/mse"] == pytest.approx(float(b.actions.var(0, unbiased=False).mean()), rel=1e-5)
+    assert math.isfinite(report["mean/mse"])
