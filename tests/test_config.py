@@ -65,3 +65,28 @@ def test_missing_file_and_bad_yaml(tmp_path):
     listy.write_text("- 1\n- 2\n")
     with pytest.raises(ConfigError, match="expected a mapping at the top level"):
         load_experiment(listy)
+
+
+def test_quickstart_chain_resolves_stage_references():
+    cfg = load_experiment(QUICKSTART, ["train.steps=7"])
+    names = [s["run_name"] for s in cfg.stages]
+    assert names[:4] == ["laom_sup", "laom_sup_labels", "laom_sup_bc", "laom_sup_decoder"]
+    bc = cfg.stage(2)
+    assert bc.stage == "latent_bc" and bc.labels == "runs/quickstart/laom_sup_labels"
+    assert bc.storage_path == "runs/quickstart" and bc.steps == 7  # train.* overrides reach every stage
+    assert cfg.stage(0).model.method == "laom_sup" and cfg.stage(0).model.image_size == 64
+
+
+def test_chain_errors_name_the_stage(tmp_path):
+    bad = tmp_path / "exp.yaml"
+    bad.write_text(
+        "train: {dataset: d}\n"
+        "stages:\n"
+        "  - {run_name: a, stage: relabel, lam_run: later}\n"
+        "  - {run_name: later, stage: lam}\n"
+    )
+    with pytest.raises(ConfigError, match=r"stages\[0\].lam_run: 'later' is not an earlier stage"):
+        load_experiment(bad)
+    bad.write_text("stages:\n  - {run_name: a, stage: idm}\n")
+    with pytest.raises(ConfigError, match=r"stages\[0\] \(a\): model.method: got 'laom_sup', stage 'idm' expects"):
+        load_experiment(bad)

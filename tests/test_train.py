@@ -65,28 +65,26 @@ def test_two_workers_see_disjoint_windows(ray_local, synthetic):
     assert len(ka) == len(kb)
 
 
-def test_two_worker_laom_sup_trains_and_checkpoints(ray_local, synthetic, tmp_path):
-    dataset, _ = synthetic
-    cfg = train_config(dataset, tmp_path / "runs", num_workers=2, cpus_per_worker=0.5, run_name="laom2")
-    result = train(cfg)
-    assert result.metrics["step"] == 6
+@pytest.fixture(scope="module")
+def laom_sup_run(ray_local, synthetic, tmp_path_factory):
+    """A 2-worker LAOM+sup run that loses a worker at step 5 (test hook) and must resume."""
+    runs = tmp_path_factory.mktemp("runs")
+    cfg = train_config(synthetic[0], runs, num_workers=2, cpus_per_worker=0.5, run_name="laom2", steps=8,
+                       fail_at_step=5, max_failures=1, keep_checkpoints=10)
+    return train(cfg), runs / "laom2"
+
+
+def test_two_worker_laom_sup_survives_a_failure(laom_sup_run):
+    result, run_dir = laom_sup_run
+    assert result.error is None and result.metrics["step"] == 8
     assert np.isfinite(result.metrics["loss"])
-    artifact = json.loads((tmp_path / "runs" / "laom2" / ARTIFACT).read_text())
+    artifact = json.loads((run_dir / ARTIFACT).read_text())
     assert artifact["stage"] == "lam" and artifact["method"] == "laom_sup"
     assert Path(artifact["checkpoint"]).is_dir()
-    ckpts = [p for p in (tmp_path / "runs" / "laom2").glob("checkpoint_*") if p.is_dir()]
-    assert len(ckpts) == 2  # keep_checkpoints
-
-
-def test_injected_failure_resumes_from_checkpoint(ray_local, synthetic, tmp_path):
-    dataset, _ = synthetic
-    cfg = train_config(dataset, tmp_path / "runs", run_name="faulty", steps=8, fail_at_step=5, max_failures=1,
-                       keep_checkpoints=5)
-    result = train(cfg)
-    assert result.error is None and result.metrics["step"] == 8
     steps = [json.loads((p / "meta.json").read_text())["step"]
-             for p in sorted((tmp_path / "runs" / "faulty").glob("checkpoint_*")) if p.is_dir()]
-    # checkpoints at 2 and 4 before the failure at 5; after restore from 4 the counter goes on: 6, 8
+             for p in sorted(run_dir.glob("checkpoint_*")) if p.is_dir()]
+    # checkpoints at 2 and 4, failure at 5, restore from 4, and the counter goes on: 6, 8
+    # (a restart from scratch would have written 2, 4 again)
     assert steps == [2, 4, 6, 8]
 
 
@@ -111,7 +109,7 @@ def test_stage_and_method_must_agree(synthetic, tmp_path):
         train_config(synthetic[0], tmp_path, model=to_dict(ModelConfig.small("bc")))
 
 
-def test_chain_lam_relabel_latent_bc_decoder(ray_local, synthetic, tmp_path):
+def test_chain_relabel_latent_bc_decoder(ray_local, synthetic, laom_sup_run, tmp_path):
     """Each stage reads the previous one's artifact by path; relabel writes one label per transition."""
     import pyarrow.parquet as pq
 
@@ -119,24 +117,25 @@ def test_chain_lam_relabel_latent_bc_decoder(ray_local, synthetic, tmp_path):
 
     dataset, manifest = synthetic
     runs = tmp_path / "runs"
-    train(train_config(dataset, runs, run_name="lam", model=to_dict(ModelConfig.small("laom", latent_dim=16)),
-                       steps=4))
-    relabeled = train(train_config(dataset, runs, stage="relabel", run_name="labels", lam_run=str(runs / "lam"),
+    lam_dir = laom_sup_run[1]
+    relabeled = train(train_config(dataset, runs, stage="relabel", run_name="labels", lam_run=str(lam_dir),
                                    batch_size=32))
     table = pq.read_table(relabeled["labels"])
     assert table.num_rows == manifest["num_transitions"] - manifest["num_episodes"]
     assert len({(int(e), int(s)) for e, s in zip(table["episode"].to_numpy(), table["step"].to_numpy(),
                                                  strict=True)}) == table.num_rows
-    assert relabeled["latent_dim"] == 16 and table.schema.field("latent").type.list_size == 16
+    latent_dim = ModelConfig.small("laom_sup").latent_dim
+    assert relabeled["latent_dim"] == latent_dim and table.schema.field("latent").type.list_size == latent_dim
     bc = train(train_config(dataset, runs, stage="latent_bc", run_name="lbc", labels=str(runs / "labels"),
-                            model=to_dict(ModelConfig.small("latent_bc")), steps=4))
+                            model=to_dict(ModelConfig.small("latent_bc")), steps=4, keep_checkpoints=1))
     assert np.isfinite(bc.metrics["loss"])
+    assert len([p for p in (runs / "lbc").glob("checkpoint_*") if p.is_dir()]) == 1  # keep_checkpoints
     dec = train(train_config(dataset, runs, stage="action_decoder", run_name="dec", labels=str(runs / "labels"),
                              model=to_dict(ModelConfig.small("action_decoder")), steps=4, batch_size=8))
     assert np.isfinite(dec.metrics["loss"])
     assert Info(dataset).manifest["num_labeled"] == 2
     with pytest.raises(ValueError, match="holds a 'lam' run, expected one of \\['relabel'\\]"):
-        train(train_config(dataset, runs, stage="latent_bc", run_name="x", labels=str(runs / "lam"),
+        train(train_config(dataset, runs, stage="latent_bc", run_name="x", labels=str(lam_dir),
                            model=to_dict(ModelConfig.small("latent_bc"))))
     with pytest.raises(FileNotFoundError, match="not a finished raylam run"):
         train(train_config(dataset, runs, stage="relabel", run_name="y", lam_run=str(runs / "missing")))
