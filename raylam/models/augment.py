@@ -46,7 +46,8 @@ def _perspective(n: int, distortion: float, device: torch.device) -> Tensor:
     """torchvision's RandomPerspective on the padded frame: each corner moves inward by up to
     ``distortion`` x half the padded side; returns the map from output to input coordinates."""
     half = 1.0 + 2 * _PERSPECTIVE_PAD  # padded half-side in normalised units of the frame
-    corners = torch.tensor([[-1.0, -1.0], [1.0, -1.0], [1.0, 1.0], [-1.0, 1.0]], device=device) * half
+    i = torch.arange(4, device=device)  # corners (-1,-1), (1,-1), (1,1), (-1,1), made on the device
+    corners = torch.stack([((i == 1) | (i == 2)).float() * 2 - 1, (i >= 2).float() * 2 - 1], -1) * half
     inward = -corners.sign() * torch.rand(n, 4, 2, device=device) * distortion * half
     moved = corners + inward
     return homography(moved, corners.expand(n, 4, 2))
@@ -62,7 +63,7 @@ def homography(src: Tensor, dst: Tensor) -> Tensor:
     rows_v = torch.stack([zeros, zeros, zeros, x, y, ones, -v * x, -v * y], dim=-1)
     a = torch.cat([rows_u, rows_v], dim=1)  # [n, 8, 8]
     b = torch.cat([u, v], dim=1).unsqueeze(-1)  # [n, 8, 1]
-    h = torch.linalg.solve(a, b).squeeze(-1)
+    h = torch.linalg.solve_ex(a, b)[0].squeeze(-1)  # _ex: no error check, so no device sync
     return torch.cat([h, torch.ones(n, 1, device=src.device)], dim=1).view(n, 3, 3)
 
 
@@ -75,9 +76,11 @@ def random_warps(n: int, size: int, shift: float, rotate: float, perspective: fl
         dim=1,
     )  # [n, 4, 3, 3]
     recipe = torch.randint(0, len(_FIRST), (n,), device=device)
+    # Look the recipe's ops up with comparisons rather than a table tensor: no host-to-device copy.
+    first_op = sum(op * (recipe == r) for r, op in enumerate(_FIRST))
+    second_op = sum(op * (recipe == r) for r, op in enumerate(_SECOND))
     rows = torch.arange(n, device=device)
-    first = ops[rows, torch.tensor(_FIRST, device=device)[recipe]]
-    second = ops[rows, torch.tensor(_SECOND, device=device)[recipe]]
+    first, second = ops[rows, first_op], ops[rows, second_op]
     # Applying `first` then `second` samples the input at first(second(p)) for output pixel p.
     return first @ second
 
