@@ -67,6 +67,16 @@ def test_missing_file_and_bad_yaml(tmp_path):
         load_experiment(listy)
 
 
+@pytest.mark.parametrize("name", ["idm", "lapo", "laom", "laom_sup"])
+def test_paper_training_chains_load(name):
+    cfg = load_experiment(CONFIGS / f"{name}.yaml")
+    first = cfg.stage(0)
+    assert first.model.method == name and first.batch_size == 512 and first.precision == "bf16"
+    assert cfg.stage(1).stage == "relabel" and cfg.stage(1).lam_run == f"runs/{name}/{name}"
+    if name == "laom_sup":
+        assert first.model.latent_dim == 8192 and first.model.encoder_scale == 6 and first.model.sup_coef == 0.001
+
+
 def test_quickstart_chain_resolves_stage_references():
     cfg = load_experiment(QUICKSTART, ["train.steps=7"])
     names = [s["run_name"] for s in cfg.stages]
