@@ -110,9 +110,13 @@ def rollout_episode(cfg: CollectConfig, index: int) -> tuple[dict[str, np.ndarra
     return arrays, {"seed": seed, "distractors": info}
 
 
-def episode_clips(cfg: CollectConfig, index: int, split: str, labeled: bool) -> tuple[list[Clip], float]:
-    """Roll out episode ``index`` and cut it into overlapping clips; returns clips and return."""
-    arrays, extra = rollout_episode(cfg, index)
+def episode_clips(cfg: CollectConfig, index: int, split: str, labeled: bool,
+                  rollout=rollout_episode) -> tuple[list[Clip], float]:
+    """Roll out episode ``index`` and cut it into overlapping clips; returns clips and return.
+
+    ``rollout(cfg, index) -> (arrays, extra_meta)``; extra meta may override ``task``.
+    """
+    arrays, extra = rollout(cfg, index)
     length = len(arrays["frames"])
     clips = []
     for clip_index, start in enumerate(clip_starts(length, cfg.clip_length, cfg.overlap)):
@@ -133,7 +137,7 @@ def episode_clips(cfg: CollectConfig, index: int, split: str, labeled: bool) -> 
     return clips, float(arrays["rewards"].sum())
 
 
-def write_shard(cfg: CollectConfig, plan: ShardPlan, labeled: frozenset[int]) -> dict:
+def write_shard(cfg: CollectConfig, plan: ShardPlan, labeled: frozenset[int], rollout=rollout_episode) -> dict:
     """Roll out a shard's episodes and write it under a temporary name, then rename.
 
     The info file is written before the tar's rename: a tar under its final name always has its
@@ -143,7 +147,7 @@ def write_shard(cfg: CollectConfig, plan: ShardPlan, labeled: frozenset[int]) ->
     started = time.perf_counter()
     returns, samples, frames = {}, [], 0
     for index in plan.episodes:
-        clips, episode_return = episode_clips(cfg, index, plan.split, index in labeled)
+        clips, episode_return = episode_clips(cfg, index, plan.split, index in labeled, rollout)
         returns[episode_id(index)] = episode_return
         frames += clips[-1].meta["episode_length"]
         samples.extend(encode_clip(clip, cfg.frames_format, cfg.crf) for clip in clips)

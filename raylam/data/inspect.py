@@ -8,14 +8,13 @@ shard (and the sample) it was found in.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from raylam.data.collect import FORMAT, MANIFEST
-from raylam.data.shards import Clip, ShardError, decode_sample, iter_tar_samples
+from raylam.data.shards import Clip, HashingStream, ShardError, decode_sample, iter_tar_samples
 from raylam.data.storage import Location, resolve
 
 
@@ -69,19 +68,6 @@ def load_manifest(location: Location) -> dict[str, Any]:
     return manifest
 
 
-class _HashingReader:
-    """Reads from ``stream`` while hashing, so a shard is read once for checksum and content."""
-
-    def __init__(self, stream):
-        self.stream, self.sha256, self.size = stream, hashlib.sha256(), 0
-
-    def read(self, n: int = -1) -> bytes:
-        data = self.stream.read(n) if n is not None and n >= 0 else self.stream.read()
-        self.sha256.update(data)
-        self.size += len(data)
-        return data
-
-
 def check_clip(clip: Clip, manifest: dict, labeled: set[str], where: str) -> list[str]:
     """Shape/dtype/flag problems of one decoded clip against the manifest."""
     problems = []
@@ -118,7 +104,7 @@ def inspect_shard(location: Location, entry: dict, manifest: dict, labeled: set[
         return [f"{url}: shard listed in the manifest is missing"], []
     problems, keys, episodes = [], [], set()
     with location.open_read(name) as raw:
-        stream = _HashingReader(raw)
+        stream = HashingStream(raw)
         try:
             for sample in iter_tar_samples(stream, url):
                 key = sample["__key__"]

@@ -203,11 +203,18 @@ def decode_sample(sample: dict[str, Any], where: str = "") -> Clip:
 # ---------------------------------------------------------------- shards
 
 
-class _HashingStream:
-    """Forwards writes to ``stream`` while counting bytes and hashing them (one pass, no re-read)."""
+class HashingStream:
+    """Wraps a stream, counting and hashing every byte written or read, so a shard's checksum
+    comes from the one pass that writes (or validates) it."""
 
     def __init__(self, stream):
         self.stream, self.sha256, self.size = stream, hashlib.sha256(), 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.stream.read(n) if n is not None and n >= 0 else self.stream.read()
+        self.sha256.update(data)
+        self.size += len(data)
+        return data
 
     def write(self, data) -> int:
         self.stream.write(data)
@@ -224,7 +231,7 @@ def write_tar(stream, samples: Iterable[dict[str, Any]]) -> dict[str, Any]:
 
     mtime is fixed so that the same clips give the same bytes (and the same checksum).
     """
-    hashing = _HashingStream(stream)
+    hashing = HashingStream(stream)
     count = 0
     with wds.TarWriter(hashing, encoder=False, mtime=0.0) as writer:
         for sample in samples:

@@ -8,12 +8,14 @@ written by the same code as ``raylam collect``.
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 
 from raylam.config import from_dict
-from raylam.data.collect import MANIFEST, ShardPlan, build_manifest, episode_id, label_order, plan_shards
+from raylam.data.collect import MANIFEST, build_manifest, label_order, plan_shards, write_shard
 from raylam.data.config import CollectConfig
-from raylam.data.shards import Clip, clip_key, clip_starts, encode_clip, write_tar
+from raylam.data.shards import Clip
 from raylam.data.storage import resolve
 
 
@@ -38,6 +40,11 @@ def synthetic_episode(index: int, length: int, size: int, action_dim: int, seed:
             "physics": np.concatenate([pos, np.zeros((length, 1))], 1)}
 
 
+def _synthetic_rollout(cfg: CollectConfig, index: int, size: int, action_dim: int, seed: int):
+    """The ``rollout`` that :func:`raylam.data.collect.write_shard` calls, for synthetic episodes."""
+    return synthetic_episode(index, cfg.env.episode_length, size, action_dim, seed), {"task": "synthetic", "seed": seed}
+
+
 def write_synthetic_dataset(output: str, episodes: int = 8, episode_length: int = 64, image_size: int = 32,
                             action_dim: int = 4, num_labeled: int = 2, clip_length: int = 32, overlap: int = 12,
                             episodes_per_shard: int = 1, heldout_episodes: int = 0, seed: int = 0,
@@ -51,26 +58,9 @@ def write_synthetic_dataset(output: str, episodes: int = 8, episode_length: int 
     })
     location = resolve(output)
     location.makedirs()
-    labeled = set(label_order(cfg))
-    infos = []
-    plan: ShardPlan
-    for plan in plan_shards(cfg):
-        samples = []
-        for index in plan.episodes:
-            arrays = synthetic_episode(index, episode_length, image_size, action_dim, seed)
-            for ci, start in enumerate(clip_starts(episode_length, clip_length, overlap)):
-                window = slice(start, start + clip_length)
-                meta = {"task": "synthetic", "episode_id": episode_id(index), "episode_index": index,
-                        "clip_index": ci, "start": start, "episode_length": episode_length,
-                        "labeled": index in labeled, "split": plan.split, "seed": seed}
-                clip = Clip(key=clip_key(episode_id(index), ci), **{k: v[window] for k, v in arrays.items()},
-                            meta=meta)
-                samples.append(encode_clip(clip, frames_format))
-        stats = location.write_atomic(plan.name, lambda stream, s=samples: write_tar(stream, s))
-        infos.append({"name": plan.name, "split": plan.split, "episodes": [episode_id(i) for i in plan.episodes],
-                      "labeled_episodes": [episode_id(i) for i in plan.episodes if i in labeled],
-                      "returns": {episode_id(i): 0.0 for i in plan.episodes},
-                      "frames": episode_length * len(plan.episodes), **stats})
+    labeled = frozenset(label_order(cfg))
+    rollout = partial(_synthetic_rollout, size=image_size, action_dim=action_dim, seed=seed)
+    infos = [write_shard(cfg, plan, labeled, rollout) for plan in plan_shards(cfg)]
     first = synthetic_episode(0, 2, image_size, action_dim, seed)
     sample = Clip(key="x", **first)
     manifest = build_manifest(cfg, infos, sample)

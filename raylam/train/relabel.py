@@ -42,9 +42,7 @@ class Labeler:
 
     def __call__(self, rows: dict[str, np.ndarray]) -> pa.Table:
         torch = self.torch
-        batch = rows_to_batch({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in rows.items()
-                               if k in ("obs", "next_frame", "future_obs", "offset", "actions", "states", "labeled")},
-                              self.device)
+        batch = rows_to_batch({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in rows.items()}, self.device)
         with torch.inference_mode(), torch.autocast(**self.autocast):
             z = self.model.latent_action(batch.obs, batch.next_obs).float().cpu().numpy()
         return pa.table({
