@@ -135,11 +135,13 @@ def _check_range(value: Any, meta: typing.Mapping[str, Any], key: str) -> None:
     if value is None:
         return
     choices = meta.get("choices")
-    if choices is not None and value not in choices:
-        raise ConfigError(f"{key}: got {value!r}, expected one of {list(choices)}")
+    values = value if isinstance(value, (list, tuple)) else [value]
+    for i, v in enumerate(values):  # a list field's choices apply to each element
+        if choices is not None and v not in choices:
+            where = f"{key}[{i}]" if values is value else key
+            raise ConfigError(f"{where}: got {v!r}, expected one of {list(choices)}")
     bounds = [("ge", ">=", lambda v, b: v >= b), ("gt", ">", lambda v, b: v > b),
               ("le", "<=", lambda v, b: v <= b), ("lt", "<", lambda v, b: v < b)]
-    values = value if isinstance(value, (list, tuple)) else [value]
     for v in values:
         if not isinstance(v, (int, float)) or isinstance(v, bool):
             continue
