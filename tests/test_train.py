@@ -67,10 +67,12 @@ def test_two_workers_see_disjoint_windows(ray_local, synthetic):
 
 @pytest.fixture(scope="module")
 def laom_sup_run(ray_local, synthetic, tmp_path_factory):
-    """A 2-worker LAOM+sup run that loses a worker at step 5 (test hook) and must resume."""
+    """A 2-worker LAOM+sup run that loses a worker at step 5 (test hook) and must resume; it also
+    evaluates on the held-out split and logs to TensorBoard and to wandb in offline mode."""
     runs = tmp_path_factory.mktemp("runs")
     cfg = train_config(synthetic[0], runs, num_workers=2, cpus_per_worker=0.5, run_name="laom2", steps=8,
-                       fail_at_step=5, max_failures=1, keep_checkpoints=10)
+                       fail_at_step=5, max_failures=1, keep_checkpoints=10, eval_every=4,
+                       wandb={"enabled": True, "mode": "offline", "project": "raylam-test"})
     return train(cfg), runs / "laom2"
 
 
@@ -86,6 +88,19 @@ def test_two_worker_laom_sup_survives_a_failure(laom_sup_run):
     # checkpoints at 2 and 4, failure at 5, restore from 4, and the counter goes on: 6, 8
     # (a restart from scratch would have written 2, 4 again)
     assert steps == [2, 4, 6, 8]
+
+
+def test_run_logs_heldout_metrics_tensorboard_and_wandb(laom_sup_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    result, run_dir = laom_sup_run
+    for name in ("heldout/probe/action/mse", "heldout/probe/action/r2", "heldout/probe/state/mse"):
+        assert np.isfinite(result.metrics[name]), name
+    events = EventAccumulator(str(run_dir / "tensorboard")).Reload()
+    assert "heldout/probe/action/mse" in events.Tags()["scalars"]
+    assert [e.step for e in events.Scalars("loss")][-1] == 8
+    offline = sorted((run_dir / "wandb").glob("offline-run-*"))
+    assert offline and all(list(p.glob("*.wandb")) for p in offline)
 
 
 def test_bad_artifacts_fail_early(ray_local, tmp_path, synthetic):

@@ -68,6 +68,9 @@ class TrainConfig:
     # reporting and fault tolerance
     report_every: int = spec(50, ge=1, help="steps between ray.train.report calls")
     checkpoint_every: int = spec(500, ge=1, help="steps between checkpoints (also at the end)")
+    eval_every: int = spec(0, ge=0, help="steps between held-out evaluations (probe and head MSE/R^2 on the "
+                                         "dataset's heldout split, reported as heldout/...); 0: never")
+    eval_windows: int | None = spec(2048, ge=1, help="held-out windows per evaluation; null: the whole split")
     keep_checkpoints: int = spec(2, ge=1, help="checkpoints kept (newest by step)")
     max_failures: int = spec(2, ge=0, help="worker failures survived by restoring the last checkpoint")
     wandb: WandbConfig = spec(WandbConfig())
@@ -83,6 +86,10 @@ class TrainConfig:
             raise ConfigError(
                 f"checkpoint_every: got {self.checkpoint_every}, expected a multiple of report_every "
                 f"({self.report_every}): checkpoints are saved at report steps"
+            )
+        if self.eval_every % self.report_every:
+            raise ConfigError(
+                f"eval_every: got {self.eval_every}, expected a multiple of report_every ({self.report_every})"
             )
         if self.stage == "relabel" and not self.lam_run:
             raise ConfigError("lam_run: stage relabel needs the run directory of a trained LAM or IDM")

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 import torch
 
 from raylam.config import from_dict, to_dict
-from raylam.models import Batch, build_model
+from raylam.models import Batch, build_model, evaluate
 from raylam.models.config import ModelConfig
 
 CHECKPOINT_FILE = "model.pt"
@@ -130,6 +130,7 @@ def train_loop_per_worker(config: dict) -> None:
     labeled_iter = None if labeled_shard is None else _cycle(
         labeled_shard, batch_size=cfg.labeled_batch_size, drop_last=False,
         local_shuffle_buffer_size=cfg.data.local_shuffle_buffer or None)
+    heldout_shard = ray.train.get_dataset_shard("heldout") if "heldout" in config["datasets"] else None
     writer = _tensorboard(config.get("tensorboard_dir")) if rank == 0 else None
     wandb_run = _wandb(cfg, config) if rank == 0 else None
     autocast = dict(device_type=device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
@@ -158,6 +159,8 @@ def train_loop_per_worker(config: dict) -> None:
                 values = {k: float(v) for k, v in metrics.items()}
                 values.update(loss=float(loss), step=step, epoch=epoch, lr=scheduler.get_last_lr()[0],
                               samples_per_s=window_samples * world / elapsed)
+                if heldout_shard is not None and (step % cfg.eval_every == 0 or step == cfg.steps):
+                    values.update(_heldout_metrics(unwrapped, heldout_shard, cfg.batch_size, device))
                 _report(cfg, values, step, unwrapped, optimizer, scheduler, meta, rank, writer, wandb_run)
                 window_start, window_samples = time.perf_counter(), 0
             if step >= cfg.steps:
@@ -167,6 +170,12 @@ def train_loop_per_worker(config: dict) -> None:
         writer.close()
     if wandb_run is not None:
         wandb_run.finish()
+
+
+def _heldout_metrics(model, shard, batch_size: int, device) -> dict[str, float]:
+    """Probe and head MSE/R^2 on held-out windows (every worker sees the whole, small, split)."""
+    batches = (rows_to_batch(rows, device) for rows in shard.iter_torch_batches(batch_size=batch_size))
+    return {f"heldout/{name}": value for name, value in evaluate(model, batches).items()}
 
 
 def _report(cfg, values, step, model, optimizer, scheduler, meta, rank, writer, wandb_run) -> None:

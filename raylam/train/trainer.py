@@ -35,6 +35,12 @@ def stage_datasets(cfg: TrainConfig, info: DatasetInfo, labels: str | None = Non
     datasets = {"train": window_dataset(info, spec, labeled_only=labeled_only, **common)}
     if cfg.stage == "lam" and cfg.model.method == "laom_sup":
         datasets["labeled"] = window_dataset(info, spec, labeled_only=True, **common)
+    if cfg.eval_every:
+        if not info.manifest["splits"].get("heldout"):
+            raise ValueError(f"eval_every is {cfg.eval_every}, but dataset {cfg.dataset} has no heldout split "
+                             "(collect with collect.heldout_episodes > 0, or set eval_every: 0)")
+        ds = window_dataset(info, replace(spec, seed=0), split="heldout", **{**common, "shuffle_seed": None})
+        datasets["heldout"] = ds.limit(cfg.eval_windows) if cfg.eval_windows else ds
     return datasets
 
 
@@ -69,9 +75,11 @@ def _warn_if_no_cpu_for_data(cfg: TrainConfig) -> None:
         )
 
 
-def train(cfg: TrainConfig, experiment: str = "raylam"):
+def train(cfg: TrainConfig, experiment: str = "raylam", callbacks: list | None = None):
     """Run one stage on the current Ray cluster: a TorchTrainer run (returns its ``ray.train.Result``),
-    or, for ``relabel``, batch inference (returns the relabel artifact)."""
+    or, for ``relabel``, batch inference (returns the relabel artifact).
+
+    ``callbacks`` go to the run's RunConfig (Tune passes its report callback here)."""
     import ray
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -113,6 +121,7 @@ def train(cfg: TrainConfig, experiment: str = "raylam"):
             name=name,
             storage_path=storage.root if local else cfg.storage_path,
             failure_config=FailureConfig(max_failures=cfg.max_failures),
+            callbacks=callbacks,
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints, checkpoint_score_attribute="step",
                                                checkpoint_score_order="max"),
         ),

@@ -1,0 +1,192 @@
+"""`ray job submit` end to end: a real Ray head with a dashboard, a real raylam collection job.
+
+The head is started here with `ray start --head --block` in its own process group, on its own
+ports and its own temp dir, so it is independent of the session's `ray_local` (which may be
+running in this very process). Only what this module started is stopped: the process group it
+launched, never `ray stop` (that would end every Ray on the machine).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+RUNTIME_ENV = REPO / "cluster" / "runtime_env.yaml"
+
+
+def _free_ports(n: int) -> list[int]:
+    """n distinct ports free right now (sockets held together so they differ)."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _processes_mentioning(text: str) -> list[tuple[int, str]]:
+    """Live processes whose command line contains `text` (our head's temp dir)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
+            with open(f"/proc/{entry}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if text in cmdline and state != "Z":
+            found.append((int(entry), cmdline[:200]))
+    return found
+
+
+class LocalHead:
+    """A Ray head with a dashboard in a subprocess of its own process group."""
+
+    def __init__(self) -> None:
+        # Short temp dir: Ray's Unix socket paths under it must stay below ~107 characters.
+        self.temp_dir = tempfile.mkdtemp(prefix="rj", dir="/tmp")
+        (self.gcs_port, self.dashboard_port, self.agent_port, self.client_port,
+         self.metrics_port) = _free_ports(5)
+        self.address = f"http://127.0.0.1:{self.dashboard_port}"
+        self.log = open(Path(self.temp_dir) / "ray_start.log", "w+")
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 60.0) -> None:
+        ray_cli = Path(sys.executable).with_name("ray")
+        cmd = [
+            str(ray_cli), "start", "--head", "--block",
+            "--node-ip-address", "127.0.0.1",
+            "--port", str(self.gcs_port),
+            "--include-dashboard", "true",
+            "--dashboard-host", "127.0.0.1",
+            "--dashboard-port", str(self.dashboard_port),
+            "--dashboard-agent-listen-port", str(self.agent_port),
+            "--ray-client-server-port", str(self.client_port),
+            "--metrics-export-port", str(self.metrics_port),
+            "--num-cpus", "2", "--num-gpus", "0",
+            "--temp-dir", self.temp_dir,
+            "--disable-usage-stats",
+        ]
+        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+        env["MUJOCO_GL"] = "osmesa"
+        self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=self.log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        from ray.job_submission import JobSubmissionClient
+
+        deadline = time.monotonic() + timeout
+        last_error: Exception | None = None
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"ray start exited with {self.proc.returncode}:\n{self.output()}")
+            try:
+                self.client = JobSubmissionClient(self.address)
+                return
+            except Exception as err:  # the dashboard is not up yet
+                last_error = err
+                time.sleep(1.0)
+        raise TimeoutError(f"no dashboard at {self.address} after {timeout:.0f} s ({last_error}):\n"
+                           f"{self.output()}")
+
+    def output(self) -> str:
+        self.log.flush()
+        self.log.seek(0)
+        return self.log.read()[-4000:]
+
+    def stop(self, timeout: float = 30.0) -> list[tuple[int, str]]:
+        """End the process group we launched; return processes of this head still alive after."""
+        if self.proc is not None:
+            pgid = self.proc.pid  # start_new_session: the group id is the leader's pid
+            for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 10.0)):
+                try:
+                    os.killpg(pgid, sig)
+                except ProcessLookupError:
+                    break
+                try:
+                    self.proc.wait(timeout=wait)
+                except subprocess.TimeoutExpired:
+                    continue
+                # the leader is gone; give its children (raylet, GCS, workers) a moment
+                deadline = time.monotonic() + wait
+                while _processes_mentioning(self.temp_dir) and time.monotonic() < deadline:
+                    time.sleep(0.5)
+                if not _processes_mentioning(self.temp_dir):
+                    break
+        leftovers = _processes_mentioning(self.temp_dir)
+        self.log.close()
+        if not leftovers:
+            shutil.rmtree(self.temp_dir, ignore_errors=True)
+        return leftovers
+
+
+def _collect_entrypoint(output: Path) -> str:
+    args = [
+        sys.executable, "-m", "raylam.cli", "collect", "--config", "configs/quickstart.yaml",
+        f"collect.output={output}",
+        "collect.episodes=1", "collect.heldout_episodes=0", "collect.num_labeled=1",
+        "collect.env.episode_length=30", "collect.progress=false",
+    ]
+    return shlex.join(args)
+
+
+def test_ray_job_submit_runs_raylam_collect(tmp_path):
+    from ray.job_submission import JobStatus
+
+    output = tmp_path / "data"
+    runtime_env = yaml.safe_load(RUNTIME_ENV.read_text())
+    # The file's working_dir is "." (relative to where `ray job submit` runs): make it absolute.
+    runtime_env["working_dir"] = str(REPO)
+    runtime_env.setdefault("env_vars", {})["MUJOCO_GL"] = "osmesa"
+
+    head = LocalHead()
+    started = time.monotonic()
+    try:
+        head.start()
+        client = head.client
+        job_id = client.submit_job(entrypoint=_collect_entrypoint(output), runtime_env=runtime_env)
+        deadline = time.monotonic() + 120
+        status = client.get_job_status(job_id)
+        while not status.is_terminal() and time.monotonic() < deadline:
+            time.sleep(1.0)
+            status = client.get_job_status(job_id)
+        logs = client.get_job_logs(job_id)
+        info = client.get_job_info(job_id)
+        if not status.is_terminal():
+            client.stop_job(job_id)
+        assert status == JobStatus.SUCCEEDED, (
+            f"job {job_id} ended {status} ({info.message}) after {time.monotonic() - started:.0f} s\n"
+            f"--- job logs ---\n{logs}\n--- ray start ---\n{head.output()}"
+        )
+    finally:
+        leftovers = head.stop()
+    assert not leftovers, f"processes of the test's Ray head still alive: {leftovers}"
+
+    # the job ran the raylam command line and printed its summary
+    assert "wrote 1 episodes" in logs, logs
+    # and wrote a whole dataset where it was told to
+    manifest = json.loads((output / "manifest.json").read_text())
+    assert manifest["num_episodes"] == 1
+    assert manifest["num_labeled"] == 1
+    assert manifest["num_transitions"] == 30
+    assert len(manifest["shards"]) == 1
+    shard = output / manifest["shards"][0]["name"]
+    assert shard.suffix == ".tar" and shard.stat().st_size == manifest["shards"][0]["bytes"]
+    assert not [p.name for p in output.iterdir() if ".tmp-" in p.name]
