@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from raylam.config import ConfigError, to_dict
@@ -61,6 +62,43 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_evaluate(args) -> int:
+    from raylam.eval.config import MethodRuns
+    from raylam.eval.evaluate import evaluate_methods
+
+    cfg = _load(args)
+    evaluation = cfg.evaluate
+    if args.lam:  # ad hoc: probe these LAM runs, named by their directory
+        evaluation.methods = [MethodRuns(name=path.rstrip("/").rsplit("/", 1)[-1], lam=path) for path in args.lam]
+    if not evaluation.methods:
+        print("raylam evaluate: nothing to evaluate: give --lam RUN or a config with evaluate.methods", file=sys.stderr)
+        return 2
+    output = args.output or cfg.eval_output()
+    probes, rollouts = (args.probe or not args.rollout), (args.rollout or not args.probe)
+    evaluate_methods(evaluation, cfg.run_root(), output, dataset=args.dataset, probes=probes, rollouts=rollouts,
+                     experiment=cfg.name)
+    print(f"results: {output}/results.json\nreport: {output}/report.md ({output}/report.html)")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from raylam.eval.report import merge_results, write_report
+
+    path = write_report(merge_results(args.runs), args.output)
+    print(f"report: {path} ({len(args.runs)} evaluations merged)")
+    return 0
+
+
+def cmd_pipeline(args) -> int:
+    from raylam.pipeline import run_pipeline
+
+    out = run_pipeline(_load(args), force=args.force)
+    t = out["timings"]
+    print(f"pipeline done in {t['total'] / 60:.1f} min (collect {t['collect']:.0f} s, evaluate {t['evaluate']:.0f} s)")
+    print(f"report: {out['report']} ({out['output']}/report.html)")
+    return 0
+
+
 def cmd_inspect(args) -> int:
     from raylam.data.inspect import frame_grid, inspect_dataset
 
@@ -88,6 +126,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stage", action="append", metavar="RUN_NAME", help="run only this stage (repeatable)")
     p.set_defaults(func=cmd_train)
 
+    p = sub.add_parser("evaluate", help="probes of the LAMs and rollouts of the policies; results.json + report")
+    _add_config_args(p)
+    p.add_argument("--probe", action="store_true", help="only the linear probes")
+    p.add_argument("--rollout", action="store_true", help="only the rollouts")
+    p.add_argument("--lam", action="append", metavar="RUN", help="probe this LAM/IDM run directory (repeatable)")
+    p.add_argument("--dataset", help="dataset to evaluate on (default: the one each run trained on)")
+    p.add_argument("--output", help="report directory (default: evaluate.output or <runs>/<name>/eval)")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("report", help="merge the results of many evaluations into one table and figure")
+    p.add_argument("runs", nargs="+", metavar="EVAL", help="evaluation directories or results.json files")
+    p.add_argument("--output", "-o", default="report", help="directory for the merged report")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("pipeline", help="collect -> train every stage -> evaluate -> report, in one go")
+    _add_config_args(p)
+    p.add_argument("--force", action="store_true", help="retrain stages that already finished with this config")
+    p.set_defaults(func=cmd_pipeline)
+
     p = sub.add_parser("inspect", help="validate a dataset and print a summary; optional PNG of frames")
     p.add_argument("dataset", help="dataset directory or URI")
     p.add_argument("--grid", metavar="PNG", help="write a grid of recorded vs clean frames")
@@ -98,6 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Ray Data logs every dataset execution at INFO; a training run executes its datasets every
+    # epoch. Keep warnings (workers started by a local ray.init() inherit this; set it to INFO to see all).
+    os.environ.setdefault("RAY_DATA_LOG_LEVEL", "WARNING")
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -17,6 +17,7 @@ from typing import Any
 
 from raylam.config import ConfigError, apply_overrides, from_dict, load_yaml, spec, to_dict
 from raylam.data.config import CollectConfig
+from raylam.eval.config import EvalConfig
 from raylam.train.config import TrainConfig
 
 
@@ -26,6 +27,7 @@ class ExperimentConfig:
     collect: CollectConfig = spec(CollectConfig(), help="expert data collection")
     train: TrainConfig = spec(TrainConfig(), help="settings shared by every training stage")
     stages: list[dict[str, Any]] = spec([], help="the chain: each entry overrides `train` for one stage")
+    evaluate: EvalConfig = spec(EvalConfig(), help="probes and rollouts of the chain's runs, and the report")
 
     def validate(self) -> None:
         names = [stage.get("run_name") for stage in self.stages]
@@ -57,6 +59,9 @@ class ExperimentConfig:
 
     def run_root(self) -> str:
         return f"{self.train.storage_path.rstrip('/')}/{self.name}"
+
+    def eval_output(self) -> str:
+        return self.evaluate.output or f"{self.run_root()}/eval"
 
     def stage_index(self, run_name: str) -> int:
         names = [s["run_name"] for s in self.stages]

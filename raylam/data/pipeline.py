@@ -140,6 +140,20 @@ class EpisodeLabels:
         return self._table[steps]
 
 
+def configure_data_context(progress: bool) -> None:
+    """Ray Data's per-dataset progress output, on or off, for datasets built after this call.
+
+    A training run re-executes its datasets every epoch (and the held-out one at every
+    evaluation); their progress bars and "execution finished" lines bury the training log, which
+    reports its own progress. Ray Train copies the driver's DataContext to its workers.
+    """
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = progress
+    ctx.print_on_execution_start = progress
+
+
 def window_dataset(info: DatasetInfo, spec: WindowSpec, split: str = "train", labeled_only: bool = False,
                    clips_per_task: int = 4, shuffle_seed: int | None = 0, num_cpus: float = 1.0,
                    labels: str | None = None):

@@ -41,6 +41,8 @@ class RolloutConfig:
     use_gpu: bool = spec(False, help="batched placement: run the policy on a GPU")
     render_backend: str = spec("auto", choices=("auto", "osmesa", "egl", "glfw"))
     strip_frames: int = spec(8, ge=0, help="frames of the first episode kept for the report's strip")
+    references: bool = spec(True, help="also roll out the expert and a uniform random policy: the 1 and the 0 "
+                                       "of the normalized-return scale, measured on the same episodes")
 
 
 @dataclass

@@ -22,12 +22,12 @@ from raylam.models.idm import IDM
 from raylam.models.laom import LAOM
 from raylam.models.lapo import LAPO
 from raylam.models.policies import ActionDecoder, Policy
-from raylam.models.probes import Probes, evaluate, fit_linear_probe
+from raylam.models.probes import Moments, Probes, RidgeFit, evaluate, fit_linear_probe
 from raylam.models.quantize import FSQ, VectorQuantizer
 
 __all__ = [
     "LAMS", "METHODS", "POLICIES", "FSQ", "IDM", "LAOM", "LAPO", "ActionDecoder", "Batch", "FDMHead",
     "IDMHead", "ImpalaDecoder", "ImpalaEncoder", "Method", "ModelConfig", "Policy", "Probes",
-    "VectorQuantizer", "augment", "build_model", "ema_update", "evaluate", "fit_linear_probe", "masked_mse",
+    "Moments", "RidgeFit", "VectorQuantizer", "augment", "build_model", "ema_update", "evaluate", "fit_linear_probe", "masked_mse",
     "to_float_image", "to_uint8_frames",
 ]

@@ -32,6 +32,11 @@ class Method(nn.Module):
     def after_step(self) -> None:
         """Called after every optimizer step (EMA targets); a no-op unless a method needs it."""
 
+    def probe_inputs(self, obs: Tensor, next_obs: Tensor) -> tuple[Tensor, Tensor]:
+        """(latent action z of (o_t, o_t+1) [B, D], encoder feature map of o_t [B, C, h, w]): what the
+        linear probes of a finished run read (z -> true action, features -> state). LAMs only."""
+        raise NotImplementedError(f"{self.config.method} has no latent action to probe")
+
     def predictions(self, batch: Batch) -> dict[str, tuple[Tensor, Tensor]]:
         """{name: (prediction, target)} for held-out evaluation (see :func:`probes.evaluate`)."""
         return {}

@@ -81,7 +81,11 @@ class ImpalaEncoder(nn.Module):
 
     def features(self, x: Tensor) -> Tensor:
         """Flattened features [B, feature_dim] in (h, w, c) order: a free view of a channels_last map."""
-        return self.norm(self.stages(x).permute(0, 2, 3, 1).flatten(1))
+        return self.flatten(self.stages(x))
+
+    def flatten(self, maps: Tensor) -> Tensor:
+        """Feature maps [B, C', h, w] -> the flattened (and optionally normalised) features."""
+        return self.norm(maps.permute(0, 2, 3, 1).flatten(1))
 
 
 class DecoderStage(nn.Module):

@@ -49,8 +49,18 @@ class IDM(Method):
         return loss, metrics
 
     def _infer(self, obs: Tensor, next_obs: Tensor) -> tuple[Tensor, Tensor]:
-        h_t, h_next = self.encoder.features(to_float_image(torch.cat([obs, next_obs]))).chunk(2)
-        return self.head(h_t, h_next), h_t
+        z, h_t, _ = self._infer_maps(obs, next_obs)
+        return z, h_t
+
+    def _infer_maps(self, obs: Tensor, next_obs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        maps = self.encoder(to_float_image(torch.cat([obs, next_obs])))
+        h_t, h_next = self.encoder.flatten(maps).chunk(2)
+        return self.head(h_t, h_next), h_t, maps[: len(obs)]
+
+    @torch.no_grad()
+    def probe_inputs(self, obs: Tensor, next_obs: Tensor) -> tuple[Tensor, Tensor]:
+        z, _, maps = self._infer_maps(obs, next_obs)
+        return z, maps
 
     @torch.no_grad()
     def latent_action(self, obs: Tensor, next_obs: Tensor) -> Tensor:

@@ -73,6 +73,11 @@ class LAPO(Method):
         """Quantized z for (o_t, o_t+1): uint8 observations -> [B, latent_dim]."""
         return self.infer(to_float_image(obs), to_float_image(next_obs))[0]
 
+    @torch.no_grad()
+    def probe_inputs(self, obs: Tensor, next_obs: Tensor) -> tuple[Tensor, Tensor]:
+        x = to_float_image(obs)
+        return self.infer(x, to_float_image(next_obs))[0], self.fdm_encoder(x)
+
     def predictions(self, batch: Batch) -> dict[str, tuple[Tensor, Tensor]]:
         """Probe predictions on (o_t, o_t+k) -- the views they trained on -- or (o_t, o_t+1)."""
         obs = to_float_image(batch.obs)

@@ -48,7 +48,7 @@ class Probes(nn.Module):
         return out
 
 
-class _Moments:
+class Moments:
     """Streaming sums for MSE and R^2 over batches (float64, per output dimension)."""
 
     def __init__(self) -> None:
@@ -66,14 +66,59 @@ class _Moments:
             self.sse, self.sum, self.sumsq = self.sse + sse, self.sum + s, self.sumsq + ss
         self.n += target.shape[0]
 
-    def result(self) -> tuple[float, float]:
-        """(MSE over all entries, R^2 averaged over output dims that vary, as sklearn's default)."""
-        assert self.sse is not None and self.sum is not None and self.sumsq is not None
-        mse = float(self.sse.sum() / (self.n * self.sse.numel()))
+    def per_dim(self) -> tuple[list[float], list[float]]:
+        """(MSE per output dimension, R^2 per dimension; NaN where the target is constant)."""
+        if self.sse is None or self.sum is None or self.sumsq is None:
+            raise ValueError("no rows were added: nothing to score")
         sst = self.sumsq - self.sum.pow(2) / self.n
         varying = sst > 1e-12 * self.n
-        r2 = float((1 - self.sse[varying] / sst[varying]).mean()) if varying.any() else float("nan")
-        return mse, r2
+        r2 = torch.where(varying, 1 - self.sse / sst.clamp_min(1e-300), torch.full_like(sst, float("nan")))
+        return (self.sse / self.n).tolist(), r2.tolist()
+
+    def result(self) -> tuple[float, float]:
+        """(MSE over all entries, R^2 averaged over output dims that vary, as sklearn's default)."""
+        mse, r2 = self.per_dim()
+        varying = [r for r in r2 if r == r]
+        return sum(mse) / len(mse), (sum(varying) / len(varying) if varying else float("nan"))
+
+
+class RidgeFit:
+    """Ridge regression x -> y from streamed batches: only x'x and x'y are kept (float64), so a
+    probe can be fitted on any number of windows in one pass, then solved in closed form."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.xtx: Tensor | None = None
+        self.xty: Tensor | None = None
+
+    @staticmethod
+    def design(x: Tensor) -> Tensor:
+        x = x.double().flatten(1)
+        return torch.cat([x, torch.ones(x.shape[0], 1, dtype=x.dtype, device=x.device)], 1)
+
+    def add(self, x: Tensor, y: Tensor) -> None:
+        a, b = self.design(x), y.double().flatten(1)
+        xtx, xty = a.T @ a, a.T @ b
+        self.xtx = xtx if self.xtx is None else self.xtx + xtx
+        self.xty = xty if self.xty is None else self.xty + xty
+        self.n += a.shape[0]
+
+    def solve(self, ridge: float = 1e-3) -> Tensor:
+        """Weights [in + 1, out] (last row: bias).
+
+        The penalty on input j is ``ridge * n * var(x_j)``: ridge on standardised inputs, so the
+        shrinkage does not depend on the inputs' units; the bias is not penalised.
+        """
+        if self.xtx is None or self.xty is None:
+            raise ValueError("no rows were added: nothing to fit")
+        sums = self.xtx[-1, :-1]  # the bias column holds the sums of x
+        var = (self.xtx.diagonal()[:-1] - sums.pow(2) / self.n) / self.n
+        penalty = torch.cat([var.clamp_min(1e-12), var.new_zeros(1)])
+        return torch.linalg.solve(self.xtx + ridge * self.n * torch.diag(penalty), self.xty)
+
+    @classmethod
+    def predict(cls, x: Tensor, weights: Tensor) -> Tensor:
+        return cls.design(x) @ weights
 
 
 @torch.no_grad()
@@ -84,16 +129,10 @@ def fit_linear_probe(x_train: Tensor, y_train: Tensor, x_test: Tensor, y_test: T
     The converged version of the in-training probe: it measures what is linearly decodable from x
     without depending on how far a probe trained beside a moving representation has caught up.
     """
-    def design(x: Tensor) -> Tensor:
-        x = x.double().flatten(1)
-        return torch.cat([x, torch.ones(x.shape[0], 1, dtype=x.dtype, device=x.device)], 1)
-
-    a, b = design(x_train), y_train.double()
-    eye = torch.eye(a.shape[1], dtype=a.dtype, device=a.device)
-    eye[-1, -1] = 0  # no penalty on the bias
-    w = torch.linalg.solve(a.T @ a + ridge * a.shape[0] * eye, a.T @ b)
-    m = _Moments()
-    m.add(design(x_test) @ w, y_test)
+    fit = RidgeFit()
+    fit.add(x_train, y_train)
+    m = Moments()
+    m.add(RidgeFit.predict(x_test, fit.solve(ridge)), y_test)
     mse, r2 = m.result()
     return {"mse": mse, "r2": r2}
 
@@ -108,11 +147,11 @@ def evaluate(model: nn.Module, batches: Iterable[Batch]) -> dict[str, float]:
     """
     was_training = model.training
     model.eval()
-    moments: dict[str, _Moments] = {}
+    moments: dict[str, Moments] = {}
     try:
         for batch in batches:
             for name, (pred, target) in model.predictions(batch).items():
-                moments.setdefault(name, _Moments()).add(pred, target)
+                moments.setdefault(name, Moments()).add(pred, target)
     finally:
         model.train(was_training)
     out: dict[str, float] = {}

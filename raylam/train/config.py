@@ -29,6 +29,8 @@ class DataLoaderConfig:
     prefetch_batches: int = spec(2, ge=0, help="batches prefetched per worker")
     local_shuffle_buffer: int = spec(0, ge=0, help="rows in each worker's shuffle buffer (0: off)")
     shuffle_seed: int | None = spec(0, help="shard order seed (reshuffled every epoch); null: no shuffle")
+    progress_bars: bool = spec(False, help="Ray Data's progress bars for the stage's datasets (relabel shows "
+                                           "them regardless: it is one long pass)")
 
 
 @dataclass

@@ -157,7 +157,7 @@ def train_loop_per_worker(config: dict) -> None:
             if step % cfg.report_every == 0 or step == cfg.steps:
                 elapsed = time.perf_counter() - window_start
                 values = {k: float(v) for k, v in metrics.items()}
-                values.update(loss=float(loss), step=step, epoch=epoch, lr=scheduler.get_last_lr()[0],
+                values.update(loss=float(loss.detach()), step=step, epoch=epoch, lr=scheduler.get_last_lr()[0],
                               samples_per_s=window_samples * world / elapsed)
                 if heldout_shard is not None and (step % cfg.eval_every == 0 or step == cfg.steps):
                     values.update(_heldout_metrics(unwrapped, heldout_shard, cfg.batch_size, device))

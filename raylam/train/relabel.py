@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 
 from raylam.config import to_dict
-from raylam.data.pipeline import DatasetInfo, WindowSpec, window_dataset
+from raylam.data.pipeline import DatasetInfo, WindowSpec, configure_data_context, window_dataset
 from raylam.data.storage import resolve
 from raylam.train.artifacts import ARTIFACT, load_run
 from raylam.train.config import TrainConfig
@@ -69,6 +69,7 @@ def relabel(cfg: TrainConfig, experiment: str = "raylam") -> dict:
     out = run_dir.url(LABELS)
     run_dir.fs.delete_dir_contents(run_dir.path(LABELS), missing_dir_ok=True)  # a rerun replaces, never appends
     gpus = 1 if cfg.use_gpu else 0
+    configure_data_context(True)
     splits = [s for s in ("train", "heldout") if info.manifest["splits"].get(s)]
     for split in splits:
         ds = window_dataset(info, spec, split=split, clips_per_task=cfg.data.clips_per_task, shuffle_seed=None,
@@ -93,6 +94,7 @@ def relabel(cfg: TrainConfig, experiment: str = "raylam") -> dict:
         "num_labels": written,
         "dataset": cfg.dataset,
         "config": to_dict(cfg),
+        "requested_config": to_dict(cfg),
         "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
     run_dir.write_json(ARTIFACT, artifact)

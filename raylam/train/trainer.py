@@ -12,7 +12,7 @@ import os
 from dataclasses import replace
 
 from raylam.config import to_dict
-from raylam.data.pipeline import DatasetInfo, WindowSpec, window_dataset
+from raylam.data.pipeline import DatasetInfo, WindowSpec, configure_data_context, window_dataset
 from raylam.data.storage import resolve
 from raylam.train.artifacts import ARTIFACT, read_artifact
 from raylam.train.config import TrainConfig
@@ -88,6 +88,7 @@ def train(cfg: TrainConfig, experiment: str = "raylam", callbacks: list | None =
         from raylam.train.relabel import relabel
 
         return relabel(cfg, experiment)
+    requested = to_dict(cfg)  # before the labels adjust it: what a rerun of this stage would ask for
     info = DatasetInfo(cfg.dataset)
     labels = None
     if cfg.stage in ("latent_bc", "action_decoder"):
@@ -104,6 +105,7 @@ def train(cfg: TrainConfig, experiment: str = "raylam", callbacks: list | None =
     storage.makedirs()
     run_dir = resolve(f"{cfg.storage_path.rstrip('/')}/{name}")
     local = "://" not in cfg.storage_path
+    configure_data_context(cfg.data.progress_bars)
     datasets = stage_datasets(cfg, info, labels)
     loop_config = {
         "train": to_dict(cfg), "dims": dims, "datasets": sorted(datasets), "run_name": name,
@@ -138,6 +140,7 @@ def train(cfg: TrainConfig, experiment: str = "raylam", callbacks: list | None =
         "num_labeled": cfg.num_labeled,
         "metrics": {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))},
         "config": to_dict(cfg),
+        "requested_config": requested,
         "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     })
     return result

@@ -1,0 +1,69 @@
+"""``raylam pipeline``: collect -> every training stage -> evaluate -> report, in one command.
+
+Each step is the same function its own command runs. A rerun picks up where the last one stopped:
+collection skips finished shards, and a stage whose ``artifact.json`` records the very config it
+would run with is not trained again (``force`` retrains everything).
+"""
+
+from __future__ import annotations
+
+import time
+
+from raylam.config import to_dict
+from raylam.experiment import ExperimentConfig
+
+
+def stage_is_done(cfg) -> bool:
+    """True when the stage's run directory holds an artifact made with exactly this config."""
+    from raylam.data.storage import resolve
+    from raylam.train.artifacts import ARTIFACT
+    from raylam.train.trainer import run_name
+
+    run_dir = resolve(f"{cfg.storage_path.rstrip('/')}/{run_name(cfg)}")
+    if not run_dir.exists(ARTIFACT):
+        return False
+    try:
+        artifact = run_dir.read_json(ARTIFACT)
+    except ValueError:  # a damaged artifact: train again
+        return False
+    return artifact.get("requested_config") == to_dict(cfg)
+
+
+def run_pipeline(exp: ExperimentConfig, force: bool = False) -> dict:
+    """Run the whole experiment on the current (or a new local) Ray cluster; returns timings and paths."""
+    import ray
+
+    from raylam.data.collect import collect
+    from raylam.eval.evaluate import evaluate_methods
+    from raylam.train.trainer import train
+
+    if not exp.stages:
+        raise ValueError(f"pipeline: experiment {exp.name!r} defines no `stages` to train")
+    if not exp.evaluate.methods:
+        raise ValueError(f"pipeline: experiment {exp.name!r} has no `evaluate.methods`; nothing would be evaluated")
+    if not ray.is_initialized():
+        ray.init()
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    print(f"== collect -> {exp.collect.output}", flush=True)
+    manifest = collect(exp.collect)
+    timings["collect"] = time.perf_counter() - start
+    print(f"== collect done: {manifest['num_episodes']} episodes, {manifest['num_transitions']} frames "
+          f"({timings['collect']:.0f} s)", flush=True)
+    for i in range(len(exp.stages)):
+        stage = exp.stage(i)
+        if not force and stage_is_done(stage):
+            print(f"== stage {stage.run_name}: already done with this config, skipped", flush=True)
+            continue
+        t = time.perf_counter()
+        what = f"labels from {stage.lam_run}" if stage.stage == "relabel" else stage.model.method
+        print(f"== stage {stage.run_name}: {stage.stage} ({what})", flush=True)
+        train(stage, exp.name)
+        timings[stage.run_name] = time.perf_counter() - t
+        print(f"== stage {stage.run_name} done ({timings[stage.run_name]:.0f} s)", flush=True)
+    t = time.perf_counter()
+    output = exp.eval_output()
+    results = evaluate_methods(exp.evaluate, exp.run_root(), output, experiment=exp.name)
+    timings["evaluate"] = time.perf_counter() - t
+    timings["total"] = time.perf_counter() - start
+    return {"output": output, "report": f"{output}/report.md", "timings": timings, "results": results}
