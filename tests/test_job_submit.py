@@ -40,8 +40,9 @@ def _free_ports(n: int) -> list[int]:
             s.close()
 
 
-def _processes_mentioning(text: str) -> list[tuple[int, str]]:
-    """Live processes whose command line contains `text` (our head's temp dir)."""
+def _our_processes(text: str, pgid: int) -> list[tuple[int, str]]:
+    """Live processes of our head: in the process group we launched, or with `text` (the head's
+    temp dir) in their command line (a process that left the group still names the session)."""
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit() or int(entry) == os.getpid():
@@ -50,10 +51,11 @@ def _processes_mentioning(text: str) -> list[tuple[int, str]]:
             with open(f"/proc/{entry}/cmdline", "rb") as f:
                 cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
             with open(f"/proc/{entry}/stat") as f:
-                state = f.read().rsplit(")", 1)[1].split()[0]
+                fields = f.read().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if text in cmdline and state != "Z":
+        state, group = fields[0], int(fields[2])
+        if state != "Z" and (group == pgid or text in cmdline):
             found.append((int(entry), cmdline[:200]))
     return found
 
@@ -70,7 +72,7 @@ class LocalHead:
         self.log = open(Path(self.temp_dir) / "ray_start.log", "w+")
         self.proc: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 60.0) -> None:
+    def start(self, timeout: float = 180.0) -> None:
         ray_cli = Path(sys.executable).with_name("ray")
         cmd = [
             str(ray_cli), "start", "--head", "--block",
@@ -88,6 +90,10 @@ class LocalHead:
         ]
         env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
         env["MUJOCO_GL"] = "osmesa"
+        # `ray start` turns token authentication on when a token exists (~/.ray/auth_token), and
+        # this process's Ray client may or may not be in token mode (the session's `ray_local`
+        # switches it on). A head bound to 127.0.0.1 for one test needs no token: say so.
+        env["RAY_AUTH_MODE"] = "disabled"
         self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=self.log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
         from ray.job_submission import JobSubmissionClient
@@ -111,26 +117,28 @@ class LocalHead:
         self.log.seek(0)
         return self.log.read()[-4000:]
 
-    def stop(self, timeout: float = 30.0) -> list[tuple[int, str]]:
-        """End the process group we launched; return processes of this head still alive after."""
-        if self.proc is not None:
-            pgid = self.proc.pid  # start_new_session: the group id is the leader's pid
-            for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 10.0)):
-                try:
-                    os.killpg(pgid, sig)
-                except ProcessLookupError:
+    def stop(self, grace: float = 5.0) -> list[tuple[int, str]]:
+        """End the process group we launched (SIGTERM, then SIGKILL after `grace` seconds: a
+        graceful Ray shutdown can take half a minute); return our processes still alive after."""
+        if self.proc is None:
+            return []
+        pgid = self.proc.pid  # start_new_session: the group id is the leader's pid
+        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):
+            try:
+                os.killpg(pgid, sig)
+            except ProcessLookupError:
+                pass
+            deadline = time.monotonic() + wait
+            while time.monotonic() < deadline:
+                self.proc.poll()
+                if self.proc.returncode is not None and not _our_processes(self.temp_dir, pgid):
                     break
-                try:
-                    self.proc.wait(timeout=wait)
-                except subprocess.TimeoutExpired:
-                    continue
-                # the leader is gone; give its children (raylet, GCS, workers) a moment
-                deadline = time.monotonic() + wait
-                while _processes_mentioning(self.temp_dir) and time.monotonic() < deadline:
-                    time.sleep(0.5)
-                if not _processes_mentioning(self.temp_dir):
-                    break
-        leftovers = _processes_mentioning(self.temp_dir)
+                time.sleep(0.25)
+            else:
+                continue
+            break
+        self.proc.poll()
+        leftovers = _our_processes(self.temp_dir, pgid)
         self.log.close()
         if not leftovers:
             shutil.rmtree(self.temp_dir, ignore_errors=True)
@@ -142,7 +150,7 @@ def _collect_entrypoint(output: Path) -> str:
         sys.executable, "-m", "raylam.cli", "collect", "--config", "configs/quickstart.yaml",
         f"collect.output={output}",
         "collect.episodes=1", "collect.heldout_episodes=0", "collect.num_labeled=1",
-        "collect.env.episode_length=30", "collect.progress=false",
+        "collect.env.episode_length=30", "collect.progress=false", "collect.env.preset=vanilla",
     ]
     return shlex.join(args)
 
@@ -160,13 +168,25 @@ def test_ray_job_submit_runs_raylam_collect(tmp_path):
     started = time.monotonic()
     try:
         head.start()
+        print(f"head up after {time.monotonic() - started:.1f} s")
         client = head.client
-        job_id = client.submit_job(entrypoint=_collect_entrypoint(output), runtime_env=runtime_env)
-        deadline = time.monotonic() + 120
+        # The dashboard answers before the head's job agent has registered ("No available agent
+        # to submit job, please try again later"): retry for a while, as the message says.
+        submit_deadline = time.monotonic() + 90
+        while True:
+            try:
+                job_id = client.submit_job(entrypoint=_collect_entrypoint(output), runtime_env=runtime_env)
+                break
+            except RuntimeError as err:
+                if "No available agent" not in str(err) or time.monotonic() > submit_deadline:
+                    raise
+                time.sleep(1.0)
+        deadline = time.monotonic() + 180
         status = client.get_job_status(job_id)
         while not status.is_terminal() and time.monotonic() < deadline:
             time.sleep(1.0)
             status = client.get_job_status(job_id)
+        print(f"job {status} after {time.monotonic() - started:.1f} s")
         logs = client.get_job_logs(job_id)
         info = client.get_job_info(job_id)
         if not status.is_terminal():
@@ -177,6 +197,7 @@ def test_ray_job_submit_runs_raylam_collect(tmp_path):
         )
     finally:
         leftovers = head.stop()
+        print(f"head down after {time.monotonic() - started:.1f} s")
     assert not leftovers, f"processes of the test's Ray head still alive: {leftovers}"
 
     # the job ran the raylam command line and printed its summary

@@ -256,7 +256,9 @@ def collect(cfg: CollectConfig) -> dict:
 
     if not ray.is_initialized():
         ray.init()
-    workers = cfg.num_workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+    # null: every shard is submitted at once; Ray runs as many as there are CPUs and the pending
+    # rest is the demand an autoscaling cluster scales up for (a cluster may start with no workers)
+    workers = cfg.num_workers or max(1, len(todo))
     task = ray.remote(num_cpus=1, max_retries=cfg.max_retries)(write_shard)
 
     total_episodes = sum(len(p.episodes) for p in plans)

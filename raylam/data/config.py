@@ -24,7 +24,8 @@ class CollectConfig:
     num_labeled: int = spec(2, ge=0, help="episodes that keep their action labels (chosen by seed)")
     action_noise: float = spec(0.0, ge=0.0, le=2.0, help="std of Gaussian noise added to expert actions")
     seed: int = spec(0, ge=0, help="root seed: episodes, distractors, noise and labeled set derive from it")
-    num_workers: int | None = spec(None, ge=1, help="concurrent rollout tasks; null = one per CPU")
+    num_workers: int | None = spec(None, ge=1, help="concurrent rollout tasks; null = all shards submitted, Ray runs one per free CPU "
+                                                        "(and an autoscaler adds nodes for the rest)")
     max_retries: int = spec(3, ge=0, help="Ray task retries when a worker or node dies")
     render_backend: str = spec("auto", choices=("auto", "osmesa", "egl", "glfw"),
                                help="MuJoCo OpenGL backend; auto: egl with a GPU, else osmesa")

@@ -1,0 +1,237 @@
+"""The cluster configs in cluster/: Ray's own validation of the launcher YAMLs, the structure that
+matters to raylam, the KubeRay manifests and the job runtime env. No cloud account is needed:
+`prepare_config` only merges the provider's defaults.yaml shipped with Ray."""
+
+from __future__ import annotations
+
+import copy
+import shlex
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+CLUSTER = REPO / "cluster"
+LAUNCHER_YAMLS = ["aws.yaml", "gcp.yaml"]
+RAY_VERSION_TAG = "rayproject/ray:2.60.0-py311"
+
+
+def _load(name: str) -> dict:
+    return yaml.safe_load((CLUSTER / name).read_text())
+
+
+@pytest.fixture(params=LAUNCHER_YAMLS)
+def launcher(request):
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    raw = _load(request.param)
+    prepared = prepare_config(copy.deepcopy(raw))
+    validate_config(prepared)  # schema, head type among the node types, sum(min) <= max_workers
+    return request.param, raw, prepared
+
+
+def _gpu_types(cfg: dict) -> dict:
+    return {k: v for k, v in cfg["available_node_types"].items() if v["resources"].get("GPU", 0) > 0}
+
+
+def _cpu_worker_types(cfg: dict) -> dict:
+    head = cfg["head_node_type"]
+    return {k: v for k, v in cfg["available_node_types"].items()
+            if k != head and v["resources"].get("GPU", 0) == 0}
+
+
+def test_launcher_passes_ray_validation(launcher):
+    name, raw, prepared = launcher
+    assert prepared["provider"]["type"] == name.removesuffix(".yaml")
+    assert prepared["cluster_name"] == "raylam"
+    # our own setup replaced the defaults' (which install a nightly Ray wheel)
+    assert not any("ray-wheels" in cmd for cmd in prepared["setup_commands"])
+
+
+def test_head_runs_no_work(launcher):
+    _, raw, prepared = launcher
+    head = prepared["available_node_types"][prepared["head_node_type"]]
+    assert head["resources"].get("CPU") == 0 and head["resources"].get("GPU", 0) == 0
+    assert head["max_workers"] == 0 and head["min_workers"] == 0
+    assert any("--dashboard-host=0.0.0.0" in cmd for cmd in prepared["head_start_ray_commands"])
+
+
+def test_gpu_worker_types(launcher):
+    _, raw, prepared = launcher
+    gpus = _gpu_types(prepared)
+    counts = sorted(v["resources"]["GPU"] for v in gpus.values())
+    assert 1 in counts and 8 in counts, counts
+    for name, node in gpus.items():
+        assert 0 <= node["min_workers"] <= node["max_workers"] <= prepared["max_workers"], name
+        assert node["max_workers"] >= 1, name
+        # CPUs beside the GPUs: Ray Train workers (cpus_per_worker=4) plus Ray Data decoding
+        assert node["resources"]["CPU"] >= 4 * node["resources"]["GPU"] + 4, name
+        docker = node["docker"]
+        assert docker["worker_image"] == f"{RAY_VERSION_TAG}-gpu", name
+        assert "-e MUJOCO_GL=egl" in docker["worker_run_options"], name
+        assert any("NVIDIA_DRIVER_CAPABILITIES=all" in o for o in docker["worker_run_options"]), name
+
+
+def test_cpu_worker_type_for_collection(launcher):
+    _, raw, prepared = launcher
+    cpus = _cpu_worker_types(prepared)
+    assert cpus, "no CPU worker type"
+    for name, node in cpus.items():
+        assert node["resources"]["CPU"] >= 32, name
+        assert node["min_workers"] <= node["max_workers"], name
+        assert node["docker"]["worker_image"] == f"{RAY_VERSION_TAG}-cpu", name
+        assert "-e MUJOCO_GL=osmesa" in node["docker"]["worker_run_options"], name
+
+
+def test_autoscaling_and_images(launcher):
+    _, raw, prepared = launcher
+    assert sum(v["min_workers"] for v in prepared["available_node_types"].values()) == 0  # scale from zero
+    assert 0 < prepared["idle_timeout_minutes"] <= 30
+    assert prepared["docker"]["image"].startswith(RAY_VERSION_TAG)
+    assert prepared["docker"]["head_image"] == f"{RAY_VERSION_TAG}-cpu"
+    assert prepared["docker"]["container_name"]
+
+
+def test_setup_installs_raylam(launcher):
+    _, raw, prepared = launcher
+    # the repository reaches every node through file_mounts, without local data, runs or venv
+    mounts = prepared["file_mounts"]
+    assert mounts == {"~/raylam": "."}
+    for excluded in (".venv", "data", "runs"):
+        assert excluded in prepared["rsync_exclude"]
+    for commands in (prepared["head_setup_commands"], prepared["worker_setup_commands"]):
+        assert "bash ~/raylam/cluster/setup_node.sh ~/raylam" in commands
+    script = (CLUSTER / "setup_node.sh").read_text()
+    assert 'pip install -q -e "$RAYLAM_DIR"' in script
+    assert "libosmesa6" in script and "libegl1" in script
+    subprocess.run(["bash", "-n", str(CLUSTER / "setup_node.sh")], check=True)
+
+
+def test_setup_node_script_installs_nothing_twice(tmp_path):
+    """On a node that already has its libraries and torch, the script only re-runs the editable
+    install. `pip`, `sudo`, `apt-get` and `python` are stubs that log their calls; `ldconfig` is
+    this machine's (libosmesa6 is installed here)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "calls.log"
+    for tool in ("pip", "sudo", "apt-get", "python"):
+        (bin_dir / tool).write_text(f'#!/bin/sh\necho "{tool} $*" >> {log}\n')
+        (bin_dir / tool).chmod(0o755)
+    env = {"PATH": f"{bin_dir}:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": str(tmp_path)}
+    result = subprocess.run(["bash", str(CLUSTER / "setup_node.sh"), str(REPO)], env=env,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    calls = log.read_text().splitlines()
+    assert calls[0] == "python -c import torch", calls  # torch "is there": not installed again
+    assert f"pip install -q -e {REPO}" in calls, calls
+    assert not [c for c in calls if c.startswith("pip") and "torch" in c], calls
+    assert "import raylam, ray, torch" in calls[-1], calls  # the final check
+    if subprocess.run("ldconfig -p | grep -q libEGL.so.1", shell=True).returncode == 0:
+        assert not [c for c in calls if c.startswith(("apt-get", "sudo"))], calls
+
+
+def test_dockerfile_builds_from_the_ray_image():
+    text = (CLUSTER / "Dockerfile").read_text()
+    assert f"ARG BASE={RAY_VERSION_TAG}-gpu" in text
+    assert "setup_node.sh" in text
+    ignored = (CLUSTER / "Dockerfile.dockerignore").read_text().split()
+    assert {".venv", "data", "runs"} <= set(ignored)
+
+
+# --- KubeRay ------------------------------------------------------------------------------
+
+def _containers(group: dict) -> list[dict]:
+    return group["template"]["spec"]["containers"]
+
+
+def _check_raycluster_spec(spec: dict) -> None:
+    assert spec["rayVersion"] == "2.60.0"
+    assert spec["enableInTreeAutoscaling"] is True
+    head = spec["headGroupSpec"]
+    assert head["rayStartParams"]["num-cpus"] == "0"  # no work on the head
+    assert head["rayStartParams"]["dashboard-host"] == "0.0.0.0"
+    (head_container,) = _containers(head)
+    assert {p["containerPort"] for p in head_container["ports"]} >= {6379, 8265}
+    assert "nvidia.com/gpu" not in head_container["resources"]["limits"]
+    groups = {g["groupName"]: g for g in spec["workerGroupSpecs"]}
+    assert set(groups) == {"gpu", "cpu"}
+    for name, group in groups.items():
+        assert 0 <= group["minReplicas"] <= group["replicas"] <= group["maxReplicas"], name
+        assert group["maxReplicas"] >= 1
+        for container in _containers(group):
+            assert container["resources"]["limits"] and container["resources"]["requests"], name
+            assert container["image"].startswith("REGISTRY/raylam:")
+    (gpu,) = _containers(groups["gpu"])
+    assert gpu["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert gpu["resources"]["requests"]["nvidia.com/gpu"] == "1"
+    assert {"name": "MUJOCO_GL", "value": "egl"} in gpu["env"]
+    assert any(t["key"] == "nvidia.com/gpu" for t in groups["gpu"]["template"]["spec"]["tolerations"])
+    (cpu,) = _containers(groups["cpu"])
+    assert "nvidia.com/gpu" not in cpu["resources"]["limits"]
+    assert {"name": "MUJOCO_GL", "value": "osmesa"} in cpu["env"]
+
+
+def test_kuberay_raycluster():
+    doc = _load("kuberay/raycluster.yaml")
+    assert doc["apiVersion"] == "ray.io/v1" and doc["kind"] == "RayCluster"
+    assert doc["metadata"]["name"]
+    _check_raycluster_spec(doc["spec"])
+
+
+def test_kuberay_rayjob():
+    from ray.runtime_env import RuntimeEnv
+
+    from raylam.cli import build_parser
+
+    doc = _load("kuberay/rayjob.yaml")
+    assert doc["apiVersion"] == "ray.io/v1" and doc["kind"] == "RayJob"
+    spec = doc["spec"]
+    assert spec["shutdownAfterJobFinishes"] is True
+    assert spec["ttlSecondsAfterFinished"] > 0
+    assert spec["backoffLimit"] >= 0
+    RuntimeEnv(**yaml.safe_load(spec["runtimeEnvYAML"]))
+    _check_raycluster_spec(spec["rayClusterSpec"])
+    # every raylam command of the entrypoint parses, and names a config that exists
+    commands = [c.strip() for c in spec["entrypoint"].split("&&")]
+    assert commands[0].startswith("cd /home/ray/raylam")
+    raylam_commands = [shlex.split(c) for c in commands if c.startswith("raylam ")]
+    assert [c[1] for c in raylam_commands] == ["collect", "train"]
+    for argv in raylam_commands:
+        args = build_parser().parse_args(argv[1:])
+        assert (REPO / args.config).exists(), args.config
+        assert all("=" in o for o in args.overrides)
+
+
+def test_kuberay_overrides_resolve():
+    """The entrypoint's dotted overrides are valid raylam config keys and values."""
+    from raylam.experiment import load_experiment
+
+    spec = _load("kuberay/rayjob.yaml")["spec"]
+    for command in spec["entrypoint"].split("&&"):
+        argv = shlex.split(command)
+        if argv[0] != "raylam":
+            continue
+        cfg = load_experiment(str(REPO / argv[3]), argv[4:])
+        if argv[1] == "collect":
+            assert cfg.collect.output.startswith("s3://") and cfg.collect.num_workers >= 1
+        else:
+            assert cfg.train.dataset.startswith("s3://") and cfg.train.storage_path.startswith("s3://")
+            assert cfg.train.use_gpu and cfg.train.num_workers == 8
+
+
+# --- runtime env --------------------------------------------------------------------------
+
+def test_runtime_env_is_valid_for_ray():
+    from ray.runtime_env import RuntimeEnv
+
+    raw = _load("runtime_env.yaml")
+    env = RuntimeEnv(**raw)
+    assert env["working_dir"] == "."
+    assert "pip" not in raw  # nodes have the dependencies; `-e .` cannot work in a runtime env
+    for excluded in ("/.venv/", "/data/", "/runs/"):
+        assert excluded in raw["excludes"]
+    # every node picks its own renderer (EGL with a GPU, OSMesa without)
+    assert "MUJOCO_GL" not in raw.get("env_vars", {})
+    assert all(isinstance(v, str) for v in raw["env_vars"].values())
