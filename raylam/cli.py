@@ -92,7 +92,8 @@ def cmd_report(args) -> int:
 def cmd_pipeline(args) -> int:
     from raylam.pipeline import run_pipeline
 
-    out = run_pipeline(_load(args), force=args.force)
+    methods = args.methods.split(",") if args.methods else None
+    out = run_pipeline(_load(args), force=args.force, methods=methods)
     t = out["timings"]
     print(f"pipeline done in {t['total'] / 60:.1f} min (collect {t['collect']:.0f} s, evaluate {t['evaluate']:.0f} s)")
     print(f"report: {out['report']} ({out['output']}/report.html)")
@@ -126,6 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stage", action="append", metavar="RUN_NAME", help="run only this stage (repeatable)")
     p.set_defaults(func=cmd_train)
 
+    from raylam.tune import add_tune_parser
+
+    add_tune_parser(sub)
+
     p = sub.add_parser("evaluate", help="probes of the LAMs and rollouts of the policies; results.json + report")
     _add_config_args(p)
     p.add_argument("--probe", action="store_true", help="only the linear probes")
@@ -143,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("pipeline", help="collect -> train every stage -> evaluate -> report, in one go")
     _add_config_args(p)
     p.add_argument("--force", action="store_true", help="retrain stages that already finished with this config")
+    p.add_argument("--methods", metavar="A,B", help="only these evaluate.methods and the stages they need")
     p.set_defaults(func=cmd_pipeline)
 
     p = sub.add_parser("inspect", help="validate a dataset and print a summary; optional PNG of frames")

@@ -19,6 +19,7 @@ from raylam.config import ConfigError, apply_overrides, from_dict, load_yaml, sp
 from raylam.data.config import CollectConfig
 from raylam.eval.config import EvalConfig
 from raylam.train.config import TrainConfig
+from raylam.tune.config import TuneConfig
 
 
 @dataclass
@@ -28,6 +29,7 @@ class ExperimentConfig:
     train: TrainConfig = spec(TrainConfig(), help="settings shared by every training stage")
     stages: list[dict[str, Any]] = spec([], help="the chain: each entry overrides `train` for one stage")
     evaluate: EvalConfig = spec(EvalConfig(), help="probes and rollouts of the chain's runs, and the report")
+    tune: TuneConfig = spec(TuneConfig(), help="raylam tune: an ASHA sweep over one stage (raylam.tune.config)")
 
     def validate(self) -> None:
         names = [stage.get("run_name") for stage in self.stages]

@@ -29,8 +29,30 @@ def stage_is_done(cfg) -> bool:
     return artifact.get("requested_config") == to_dict(cfg)
 
 
-def run_pipeline(exp: ExperimentConfig, force: bool = False) -> dict:
-    """Run the whole experiment on the current (or a new local) Ray cluster; returns timings and paths."""
+def select_methods(exp: ExperimentConfig, methods: list[str] | None) -> list[int]:
+    """Keep only the evaluated ``methods`` (all when None); returns the indices of the stages they need.
+
+    A method needs the runs it names (lam, policy, decoder) and, transitively, the stages those
+    read (``lam_run``, ``labels``).
+    """
+    if methods is None:
+        return list(range(len(exp.stages)))
+    known = [m.name for m in exp.evaluate.methods]
+    unknown = [m for m in methods if m not in known]
+    if unknown:
+        raise ValueError(f"--methods: {unknown} not in evaluate.methods of {exp.name!r} (has {known})")
+    exp.evaluate.methods = [m for m in exp.evaluate.methods if m.name in methods]
+    names = [s["run_name"] for s in exp.stages]
+    wanted = {run for m in exp.evaluate.methods for run in (m.lam, m.policy, m.decoder) if run in names}
+    for entry in reversed(exp.stages):  # stages only read earlier ones, so one backward pass closes the set
+        if entry["run_name"] in wanted:
+            wanted |= {entry.get(key) for key in ("lam_run", "labels")} & set(names)
+    return [i for i, name in enumerate(names) if name in wanted]
+
+
+def run_pipeline(exp: ExperimentConfig, force: bool = False, methods: list[str] | None = None) -> dict:
+    """Run the experiment (or the stages ``methods`` need) on the current or a new local Ray cluster;
+    returns timings and paths."""
     import ray
 
     from raylam.data.collect import collect
@@ -41,6 +63,7 @@ def run_pipeline(exp: ExperimentConfig, force: bool = False) -> dict:
         raise ValueError(f"pipeline: experiment {exp.name!r} defines no `stages` to train")
     if not exp.evaluate.methods:
         raise ValueError(f"pipeline: experiment {exp.name!r} has no `evaluate.methods`; nothing would be evaluated")
+    stages = select_methods(exp, methods)
     if not ray.is_initialized():
         ray.init()
     timings: dict[str, float] = {}
@@ -50,7 +73,7 @@ def run_pipeline(exp: ExperimentConfig, force: bool = False) -> dict:
     timings["collect"] = time.perf_counter() - start
     print(f"== collect done: {manifest['num_episodes']} episodes, {manifest['num_transitions']} frames "
           f"({timings['collect']:.0f} s)", flush=True)
-    for i in range(len(exp.stages)):
+    for i in stages:
         stage = exp.stage(i)
         if not force and stage_is_done(stage):
             print(f"== stage {stage.run_name}: already done with this config, skipped", flush=True)

@@ -124,33 +124,30 @@ def test_stage_and_method_must_agree(synthetic, tmp_path):
         train_config(synthetic[0], tmp_path, model=to_dict(ModelConfig.small("bc")))
 
 
-def test_chain_relabel_latent_bc_decoder(ray_local, synthetic, laom_sup_run, tmp_path):
-    """Each stage reads the previous one's artifact by path; relabel writes one label per transition."""
+def test_lapo_stage_and_relabel_with_quantized_latents(ray_local, synthetic, tmp_path):
+    """A LAPO LAM run, then relabel reads it by path and writes one (quantized) label per transition
+    (the LAOM+sup chain down to the decoder runs in test_pipeline)."""
     import pyarrow.parquet as pq
-
-    from raylam.data.pipeline import DatasetInfo as Info
 
     dataset, manifest = synthetic
     runs = tmp_path / "runs"
-    lam_dir = laom_sup_run[1]
-    relabeled = train(train_config(dataset, runs, stage="relabel", run_name="labels", lam_run=str(lam_dir),
+    lapo = ModelConfig.small("lapo", max_offset=1, augment=False)
+    result = train(train_config(dataset, runs, run_name="lapo", model=to_dict(lapo), steps=2, keep_checkpoints=1))
+    assert np.isfinite(result.metrics["loss"])
+    assert len([p for p in (runs / "lapo").glob("checkpoint_*") if p.is_dir()]) == 1  # keep_checkpoints
+    relabeled = train(train_config(dataset, runs, stage="relabel", run_name="labels", lam_run=str(runs / "lapo"),
                                    batch_size=32))
     table = pq.read_table(relabeled["labels"])
     assert table.num_rows == manifest["num_transitions"] - manifest["num_episodes"]
     assert len({(int(e), int(s)) for e, s in zip(table["episode"].to_numpy(), table["step"].to_numpy(),
                                                  strict=True)}) == table.num_rows
-    latent_dim = ModelConfig.small("laom_sup").latent_dim
-    assert relabeled["latent_dim"] == latent_dim and table.schema.field("latent").type.list_size == latent_dim
-    bc = train(train_config(dataset, runs, stage="latent_bc", run_name="lbc", labels=str(runs / "labels"),
-                            model=to_dict(ModelConfig.small("latent_bc")), steps=4, keep_checkpoints=1))
-    assert np.isfinite(bc.metrics["loss"])
-    assert len([p for p in (runs / "lbc").glob("checkpoint_*") if p.is_dir()]) == 1  # keep_checkpoints
-    dec = train(train_config(dataset, runs, stage="action_decoder", run_name="dec", labels=str(runs / "labels"),
-                             model=to_dict(ModelConfig.small("action_decoder")), steps=4, batch_size=8))
-    assert np.isfinite(dec.metrics["loss"])
-    assert Info(dataset).manifest["num_labeled"] == 2
+    assert relabeled["latent_dim"] == lapo.latent_dim and table.schema.field("latent").type.list_size == lapo.latent_dim
+    latents = np.stack(table["latent"].to_numpy(zero_copy_only=False))
+    # vector quantization: every group of the latent is one of its codebook's vq_codes entries
+    groups = latents.reshape(len(latents), lapo.vq_groups, -1)
+    assert all(len(np.unique(groups[:, g], axis=0)) <= lapo.vq_codes for g in range(lapo.vq_groups))
     with pytest.raises(ValueError, match="holds a 'lam' run, expected one of \\['relabel'\\]"):
-        train(train_config(dataset, runs, stage="latent_bc", run_name="x", labels=str(lam_dir),
+        train(train_config(dataset, runs, stage="latent_bc", run_name="x", labels=str(runs / "lapo"),
                            model=to_dict(ModelConfig.small("latent_bc"))))
     with pytest.raises(FileNotFoundError, match="not a finished raylam run"):
         train(train_config(dataset, runs, stage="relabel", run_name="y", lam_run=str(runs / "missing")))

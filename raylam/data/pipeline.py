@@ -164,7 +164,9 @@ def window_dataset(info: DatasetInfo, spec: WindowSpec, split: str = "train", la
     info.check_windows(spec)
     urls = info.shard_urls(split, labeled_only, spec.num_labeled)
     shuffle = None if shuffle_seed is None else FileShuffleConfig(seed=shuffle_seed, reseed_after_execution=True)
-    ds = ray.data.read_webdataset(urls, decoder=None, shuffle=shuffle, include_paths=False)
+    # read tasks get the same CPU share as the decode tasks (Ray Data's default is a whole CPU each,
+    # which a trial sharing a small node with others may never get)
+    ds = ray.data.read_webdataset(urls, decoder=None, shuffle=shuffle, include_paths=False, num_cpus=num_cpus)
     make_windows = ClipsToWindows(spec, info.manifest["clip_length"], info.manifest["overlap"],
                                   info.labeled_episodes(spec.num_labeled), labeled_only, labels)
     return ds.map_batches(make_windows, batch_size=clips_per_task, batch_format="numpy", num_cpus=num_cpus)

@@ -26,7 +26,6 @@ from typing import Any
 import numpy as np
 
 from raylam.config import from_dict, to_dict
-from raylam.data.collect import episode_seed
 from raylam.envs.config import EnvConfig
 from raylam.envs.expert import EXPERT_RETURNS
 from raylam.eval.agents import Agent, check_spec, make_agent
@@ -37,6 +36,12 @@ _DISTRACTOR_OVERRIDES = ("camera_scale", "color_scale", "num_videos")
 
 
 # --- pure helpers ------------------------------------------------------------------------------
+def episode_seed(root_seed: int, index: int) -> int:
+    """The seed of episode ``index``: independent streams per (root, index), the same rule as
+    :func:`raylam.data.collect.episode_seed` (not imported: it would pull torch into env-only actors)."""
+    return int(np.random.SeedSequence([root_seed, index]).generate_state(1)[0])
+
+
 def expert_return(task: str, episode_length: int) -> float:
     """The expert's return scaled to ``episode_length`` steps.
 
@@ -126,9 +131,10 @@ class RolloutWorker:
         from raylam.envs.render import configure_rendering
 
         configure_rendering(render_backend)  # before dm-control is imported by the first env
-        import torch
+        if spec is not None and spec["kind"] == "policy":  # one env per CPU: torch threads would contend
+            import torch
 
-        torch.set_num_threads(1)  # one env per CPU: intra-op threads would only contend
+            torch.set_num_threads(1)
         self.task, self.spec = task, spec
         self.agent: Agent | None = None
         self.env = None

@@ -56,8 +56,12 @@ class TrainConfig:
 
     # scale
     num_workers: int = spec(1, ge=1, help="Ray Train workers (DDP ranks)")
-    use_gpu: bool = spec(False, help="one GPU per worker")
+    use_gpu: bool = spec(False, help="train on GPUs (gpus_per_worker each)")
+    gpus_per_worker: float = spec(1.0, gt=0.0, help="GPUs per worker when use_gpu; fractions share a GPU "
+                                                    "between runs (one worker per run: DDP ranks cannot share one)")
     cpus_per_worker: float = spec(1.0, gt=0.0)
+    resources_per_worker: dict[str, float] = spec({}, help="extra (custom) resources each worker needs, e.g. "
+                                                          "{accelerator_type:H100: 0.001} or a node label resource")
 
     # optimisation
     steps: int = spec(1000, ge=1, help="optimizer steps in total")

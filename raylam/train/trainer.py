@@ -116,7 +116,9 @@ def train(cfg: TrainConfig, experiment: str = "raylam", callbacks: list | None =
         train_loop_per_worker,
         train_loop_config=loop_config,
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
-                                     resources_per_worker={"CPU": cfg.cpus_per_worker}),
+                                     resources_per_worker={"CPU": cfg.cpus_per_worker,
+                                                           **({"GPU": cfg.gpus_per_worker} if cfg.use_gpu else {}),
+                                                           **cfg.resources_per_worker}),
         datasets=datasets,
         dataset_config=DataConfig(datasets_to_split=["train"]),
         run_config=RunConfig(

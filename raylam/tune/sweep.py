@@ -381,7 +381,9 @@ def results_table(grid, cfg: TuneConfig, plan: SweepPlan):
         step = metrics.get("step")
         if result.error is not None:
             status = "error"
-        elif step is not None and step < min(steps, plan.max_t):
+        elif step is None:
+            status = "no_result"  # never reported (e.g. the sweep was interrupted first)
+        elif step < min(steps, plan.max_t):
             status = "stopped"  # early, by ASHA
         else:
             status = "completed"

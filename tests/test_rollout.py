@@ -1,0 +1,157 @@
+"""Online evaluation on a local Ray: real MuJoCo episodes, real checkpoints, both placements."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from raylam.config import from_dict, to_dict
+from raylam.envs import EnvConfig
+from raylam.eval.agents import make_agent
+from raylam.eval.config import RolloutConfig
+from raylam.eval.rollout import check_image_size, evaluate_online, expert_return, strip_indices
+from raylam.models import ModelConfig, build_model
+from raylam.train.loop import save_checkpoint
+
+TASK, ACTION_DIM, STATE_DIM = "cheetah-run", 6, 17
+LENGTH = 60
+ENV = EnvConfig(task=TASK, image_size=32, episode_length=LENGTH)
+DISTRACTING = "scale_easy_video_hard"
+
+
+def rollout_config(**changes) -> RolloutConfig:
+    data = {"episodes": 2, "settings": [DISTRACTING], "strip_frames": 4, "num_actors": 2, **changes}
+    return from_dict(RolloutConfig, data)
+
+
+def save_run(root: Path, cfg: ModelConfig) -> str:
+    """A finished run as the trainer leaves it: checkpoint_x/ (model + meta.json) and artifact.json."""
+    model = build_model(cfg, ACTION_DIM, STATE_DIM)
+    checkpoint = root / "checkpoint_x"
+    checkpoint.mkdir(parents=True)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    meta = {"stage": cfg.method, "model": to_dict(cfg), "dataset": None, "num_labeled": 0,
+            "action_dim": ACTION_DIM, "state_dim": STATE_DIM}
+    save_checkpoint(str(checkpoint), model, optimizer, scheduler, 0, meta)
+    artifact = {"stage": cfg.method, "method": cfg.method, "checkpoint": str(checkpoint), "config": {}}
+    (root / "artifact.json").write_text(json.dumps(artifact))
+    return str(root)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, str]:
+    root = tmp_path_factory.mktemp("runs")
+    torch.manual_seed(0)
+    return {
+        "bc": save_run(root / "bc", ModelConfig.small("bc")),
+        "latent_bc": save_run(root / "latent_bc", ModelConfig.small("latent_bc")),
+        "decoder": save_run(root / "decoder", ModelConfig.small("action_decoder")),
+    }
+
+
+@pytest.fixture(scope="module")
+def expert_actor(ray_local) -> list[dict]:
+    # 4 episodes on 2 actors; the second setting reuses the actors (and their loaded agent)
+    return evaluate_online({"kind": "expert"}, ENV, rollout_config(settings=["vanilla", DISTRACTING]))
+
+
+@pytest.fixture(scope="module")
+def random_actor(ray_local) -> list[dict]:
+    return evaluate_online({"kind": "random"}, ENV, rollout_config())
+
+
+def test_report_layout(expert_actor):
+    assert [r["setting"] for r in expert_actor] == ["vanilla", DISTRACTING]
+    for report in expert_actor:
+        assert report["episodes"] == 2 and report["episode_length"] == LENGTH
+        assert len(report["returns"]) == len(report["seeds"]) == 2 and len(set(report["seeds"])) == 2
+        assert report["frames"].shape == (4, 32, 32, 3) and report["frames"].dtype == np.uint8
+        assert report["wall_s"] > 0
+        assert report["normalized_mean"] == pytest.approx(report["return_mean"] / expert_return(TASK, LENGTH))
+    # the same episodes in every setting; the state-based expert does not see the distractors
+    assert expert_actor[0]["seeds"] == expert_actor[1]["seeds"]
+    assert expert_actor[0]["returns"] == expert_actor[1]["returns"]
+    assert not np.array_equal(expert_actor[0]["frames"], expert_actor[1]["frames"])  # but they are there
+
+
+def test_evaluator_is_honest(expert_actor, random_actor):
+    # measured at 60 steps (the cheetah starts at rest): expert 0.23-0.24 of the scaled expert return
+    # on these seeds, random 0.00-0.01
+    expert = expert_actor[1]
+    assert min(expert["returns"]) / expert_return(TASK, LENGTH) > 0.15
+    assert random_actor[0]["normalized_mean"] < 0.05
+    assert expert["normalized_mean"] - random_actor[0]["normalized_mean"] > 0.15
+
+
+def test_same_config_twice_is_bit_identical(random_actor, ray_local):
+    again = evaluate_online({"kind": "random"}, ENV, rollout_config())
+    assert again[0]["returns"] == random_actor[0]["returns"]
+    np.testing.assert_array_equal(again[0]["frames"], random_actor[0]["frames"])
+
+
+def test_batched_placement_matches_actor(expert_actor, random_actor, ray_local):
+    # 2 episodes on 1 actor: the second starts when the first ends
+    expert = evaluate_online({"kind": "expert"}, ENV, rollout_config(placement="batched", num_actors=1))
+    assert expert[0]["returns"] == expert_actor[1]["returns"]
+    assert expert[0]["seeds"] == expert_actor[1]["seeds"]
+    np.testing.assert_array_equal(expert[0]["frames"], expert_actor[1]["frames"])
+    random = evaluate_online({"kind": "random"}, ENV, rollout_config(placement="batched"))
+    assert random[0]["returns"] == random_actor[0]["returns"]
+
+
+def test_policy_checkpoints_act(runs, ray_local):
+    bc = evaluate_online({"kind": "policy", "policy": runs["bc"]}, ENV, rollout_config())
+    decoded = evaluate_online({"kind": "policy", "policy": runs["latent_bc"], "decoder": runs["decoder"]},
+                              ENV, rollout_config(placement="batched"))
+    for report in [*bc, *decoded]:
+        assert np.all(np.isfinite(report["returns"])) and report["frames"].shape == (4, 32, 32, 3)
+
+
+def test_policy_agent_checks_dimensions(runs):
+    agent = make_agent({"kind": "policy", "policy": runs["bc"], "decoder": None}, TASK, ACTION_DIM)
+    assert agent.frame_stack == 3
+    obs = np.zeros((5, 3, 32, 32, 3), dtype=np.uint8)
+    actions = agent.act_batch(obs, np.zeros((5, STATE_DIM)), [])
+    assert actions.shape == (5, ACTION_DIM) and actions.dtype == np.float32
+    assert np.all(np.abs(actions) <= 1.0)
+    with pytest.raises(ValueError, match="needs a decoder"):
+        make_agent({"kind": "policy", "policy": runs["latent_bc"]}, TASK, ACTION_DIM)
+    with pytest.raises(ValueError, match="expected one of"):  # a decoder is no policy
+        make_agent({"kind": "policy", "policy": runs["decoder"]}, TASK, ACTION_DIM)
+    with pytest.raises(ValueError, match="env.image_size to 32"):
+        check_image_size(agent, EnvConfig(task=TASK, image_size=64))
+
+
+@pytest.mark.parametrize("spec, match", [
+    ({"kind": "oracle"}, "'kind': got 'oracle'"),
+    ({"kind": "expert", "policy": "x"}, "unknown key 'policy'"),
+    ({"kind": "policy"}, "'policy': got None"),
+    ({"kind": "policy", "policy": "run", "decoder": 3}, "'decoder': got 3"),
+    ("expert", "expected a dict"),
+])
+def test_bad_agent_spec(spec, match):
+    with pytest.raises(ValueError, match=match):
+        make_agent(spec, TASK, ACTION_DIM)
+    with pytest.raises(ValueError, match=match):  # rejected before any actor starts
+        evaluate_online(spec, ENV, rollout_config())
+
+
+def test_bad_rollout_settings():
+    with pytest.raises(ValueError, match="at least 2 steps"):
+        evaluate_online({"kind": "expert"}, EnvConfig(task=TASK, episode_length=1), rollout_config())
+    with pytest.raises(ValueError, match="no expert return"):
+        expert_return("pong-run", 100)
+    with pytest.raises(FileNotFoundError, match="not a finished raylam run"):
+        make_agent({"kind": "policy", "policy": "/nonexistent/run"}, TASK, ACTION_DIM)
+    assert evaluate_online({"kind": "expert"}, ENV, rollout_config(episodes=0)) == []
+
+
+def test_strip_indices():
+    assert strip_indices(LENGTH, 4) == [0, 20, 39, 59]
+    assert strip_indices(3, 8) == [0, 1, 2]
+    assert strip_indices(80, 0) == []
