@@ -5,13 +5,14 @@ cluster never meets the test session's local Ray. Layout (``ray.cluster_utils.Cl
 
 - head: 0 CPUs and a custom resource ``head``: the trial drivers ask for ``head: 0.01``, as Ray's
   docs advise for drivers (keep them off nodes that may be preempted);
-- w1, w2: 2 CPUs each, one ``slot`` and custom resources ``w1`` / ``w2``. A trial has 2 Train
+- w1..w4: 2 CPUs each, one ``slot`` and a custom resource naming the node. A trial has 2 Train
   workers of 0.5 CPU + 1 slot (TrainConfig.resources_per_worker), so its workers must sit on
-  different nodes (DDP across nodes); the rest of each node's CPUs is left to Ray Data.
+  different nodes (DDP across nodes), and the two trials run side by side on two node pairs; the
+  rest of each node's CPUs is left to Ray Data.
 
-When the first trial's run has a checkpoint, w2 is removed (its Train worker dies with it) and a
-replacement w3 joins; Ray Train restarts the worker group on w1 + w3 from the last checkpoint
-(TrainConfig.max_failures). A Train callback records the nodes of every worker group start.
+When the first trial's run has a checkpoint, one of its nodes is removed (its Train worker dies
+with it) and a replacement w5 joins; Ray Train restarts the worker group on the surviving node + w5
+from the last checkpoint (TrainConfig.max_failures). A Train callback records the nodes of every worker group start.
 Writes OUT_DIR/result.json and shuts its cluster down.
 """
 
@@ -69,7 +70,7 @@ def node_names() -> dict[str, str]:
 
     names = {}
     for node in ray.nodes():
-        custom = [k for k in node["Resources"] if k in ("head", "w1", "w2", "w3")]
+        custom = [k for k in node["Resources"] if k in ("head", "w1", "w2", "w3", "w4", "w5")]
         names[node["NodeID"]] = custom[0] if custom else "?"
     return names
 
@@ -84,21 +85,23 @@ def checkpoint_steps(run_dir: Path) -> list[int]:
     return steps
 
 
-def chaos(cluster, victim, out: Path, runs: Path, log: dict, names: dict) -> None:
-    """Remove ``victim`` once a trial whose workers use it has a checkpoint; add a replacement."""
+def chaos(cluster, workers: list, out: Path, runs: Path, log: dict, names: dict) -> None:
+    """Once a trial has a checkpoint, remove the node of its second worker; add a replacement."""
     deadline = time.time() + 240
+    by_id = {node.node_id: node for node in workers}
     while time.time() < deadline:
         for groups in sorted(out.glob("groups-*.jsonl")):
             trial = groups.stem[len("groups-"):]
             lines = groups.read_text().splitlines()
-            if not lines or victim.node_id not in json.loads(lines[0])["worker_nodes"]:
-                continue
             steps = checkpoint_steps(runs / f"trial-{trial}")
-            if steps:
-                log.update(trial=trial, steps_before=steps, time=time.time())
+            # a checkpoint counts once Train has registered it: its report has reached Tune
+            reported = runs.parent / f"trial-{trial}" / "result.json"
+            if lines and steps and reported.exists() and reported.read_text().strip():
+                victim = by_id[json.loads(lines[0])["worker_nodes"][1]]
+                log.update(trial=trial, steps_before=steps, time=time.time(), victim=names[victim.node_id])
                 cluster.remove_node(victim, allow_graceful=False)
-                replacement = cluster.add_node(num_cpus=2, resources={"w3": 1, "slot": 1})
-                names[replacement.node_id] = "w3"
+                replacement = cluster.add_node(num_cpus=2, resources={"w5": 1, "slot": 1})
+                names[replacement.node_id] = "w5"
                 log["replacement"] = replacement.node_id
                 return
         time.sleep(0.2)
@@ -122,7 +125,7 @@ def main(out: Path) -> int:
     start = time.time()
     cluster = Cluster(initialize_head=True, connect=False,
                       head_node_args={"num_cpus": 0, "resources": {"head": 1}, "include_dashboard": False})
-    workers = [cluster.add_node(num_cpus=2, resources={name: 1, "slot": 1}) for name in ("w1", "w2")]
+    workers = [cluster.add_node(num_cpus=2, resources={name: 1, "slot": 1}) for name in ("w1", "w2", "w3", "w4")]
     cluster.wait_for_nodes()
     result: dict = {"cluster_start_s": round(time.time() - start, 1)}
     try:
@@ -132,7 +135,7 @@ def main(out: Path) -> int:
             "name": "multinode",
             "train": {"dataset": dataset, "storage_path": str(out / "runs"),
                       "model": to_dict(ModelConfig.small("laom_sup", latent_dim=16)),
-                      "steps": 8, "batch_size": 16, "labeled_batch_size": 8, "report_every": 2,
+                      "steps": 6, "batch_size": 16, "labeled_batch_size": 8, "report_every": 2,
                       "checkpoint_every": 2, "eval_every": 2, "eval_windows": 32, "keep_checkpoints": 100,
                       "num_workers": 2, "cpus_per_worker": 0.5, "resources_per_worker": {"slot": 1},
                       "max_failures": 3, "data": {"clips_per_task": 2, "read_cpus": 0.5}},
@@ -145,7 +148,7 @@ def main(out: Path) -> int:
         })
         runs = out / "runs" / "multinode" / "tune-laom_sup" / "runs"
         chaos_log: dict = {}
-        thread = threading.Thread(target=chaos, args=(cluster, workers[1], out, runs, chaos_log, names),
+        thread = threading.Thread(target=chaos, args=(cluster, workers, out, runs, chaos_log, names),
                                   daemon=True)
         thread.start()
         summary = run_tune(exp, cfg, train_callbacks=(RecorderFactory(str(out)),))
@@ -161,8 +164,7 @@ def main(out: Path) -> int:
                             "workers": [names.get(n, "?") for n in g["worker_nodes"]]} for g in groups],
             }
         result.update(summary=summary.to_dict(), trials=trials,
-                      chaos={**chaos_log, "victim": "w2",
-                             "replacement": names.get(chaos_log.get("replacement", ""), None)})
+                      chaos={**chaos_log, "replacement": names.get(chaos_log.get("replacement", ""), None)})
     finally:
         result["wall_s"] = round(time.time() - start, 1)
         (out / "result.json").write_text(json.dumps(result, indent=2, default=str))
