@@ -129,9 +129,6 @@ def plan_sweep(experiment, cfg: TuneConfig) -> SweepPlan:
         if value is not None:
             set_dotted(base, key, value)
     if r.gpus_per_worker != 1.0:
-        if "gpus_per_worker" not in known:
-            raise ConfigError("tune.resources.gpus_per_worker: this raylam's TrainConfig has no gpus_per_worker "
-                              "field (one whole GPU per worker); leave it at 1")
         set_dotted(base, "gpus_per_worker", r.gpus_per_worker)
     if r.gpus_per_worker < 1 and base["num_workers"] > 1:
         raise ConfigError(f"tune.resources.gpus_per_worker: {r.gpus_per_worker} with {base['num_workers']} "
