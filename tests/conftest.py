@@ -4,6 +4,10 @@ import os
 
 # MuJoCo reads MUJOCO_GL at import; Ray workers started below inherit it.
 os.environ.setdefault("MUJOCO_GL", "osmesa")
+# Ray Train in tests: no preemption watcher actor per run (there is no preemption here) and a
+# faster controller poll (runs of a few steps end sooner); Ray processes started below inherit both.
+os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 
 import pytest  # noqa: E402
 

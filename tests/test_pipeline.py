@@ -31,7 +31,7 @@ def tiny_overrides(tmp: Path) -> list[str]:
         f"train.dataset={data}", f"train.storage_path={runs}", "train.steps=2", "train.report_every=1",
         "train.checkpoint_every=2", "train.batch_size=8", "train.labeled_batch_size=4", "train.data.read_cpus=0.5",
         "evaluate.rollout.episodes=1", "evaluate.rollout.episode_length=20", "evaluate.rollout.strip_frames=3",
-        "evaluate.rollout.num_actors=2", "evaluate.probe.max_fit_windows=64", "evaluate.probe.batch_size=32",
+        "evaluate.rollout.num_actors=1", "evaluate.probe.max_fit_windows=64", "evaluate.probe.batch_size=32",
     ]
 
 
