@@ -143,8 +143,9 @@ def test_lapo_stage_and_relabel_with_quantized_latents(ray_local, synthetic, tmp
                                                  strict=True)}) == table.num_rows
     assert relabeled["latent_dim"] == lapo.latent_dim and table.schema.field("latent").type.list_size == lapo.latent_dim
     latents = np.stack(table["latent"].to_numpy(zero_copy_only=False))
-    # vector quantization: every group of the latent is one of its codebook's vq_codes entries
-    groups = latents.reshape(len(latents), lapo.vq_groups, -1)
+    # vector quantization: every group of the latent is one of its codebook's vq_codes entries (up to the
+    # float error of the straight-through estimator, z + (q - z))
+    groups = np.round(latents.reshape(len(latents), lapo.vq_groups, -1), 4)
     assert all(len(np.unique(groups[:, g], axis=0)) <= lapo.vq_codes for g in range(lapo.vq_groups))
     with pytest.raises(ValueError, match="holds a 'lam' run, expected one of \\['relabel'\\]"):
         train(train_config(dataset, runs, stage="latent_bc", run_name="x", labels=str(runs / "lapo"),
