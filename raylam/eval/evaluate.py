@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from dataclasses import replace
 
 import numpy as np
 
@@ -32,12 +31,11 @@ def run_path(name: str | None, run_root: str) -> str | None:
     return name if "/" in name else f"{run_root.rstrip('/')}/{name}"
 
 
-def env_of_dataset(dataset: str) -> EnvConfig:
+def env_of_dataset(info: DatasetInfo) -> EnvConfig:
     """The environment the dataset was collected in (task, image size, camera, episode length)."""
-    info = DatasetInfo(dataset)
     env = info.manifest.get("config", {}).get("env")
     if env is None:
-        raise ValueError(f"dataset {dataset}: its manifest records no env config; collect it with raylam collect")
+        raise ValueError(f"dataset {info.uri}: its manifest records no env config; collect it with raylam collect")
     return from_dict(EnvConfig, env)
 
 
@@ -111,10 +109,10 @@ def _act(name: str, agent: dict, info: DatasetInfo, cfg: EvalConfig) -> tuple[di
     """Rollouts of one agent in every setting: ({setting: summary}, {setting: frames})."""
     from raylam.eval.rollout import evaluate_online
 
-    env = env_of_dataset(info.uri)
+    env = env_of_dataset(info)
     print(f"== rollouts {name}: {cfg.rollout.episodes} episodes x {cfg.rollout.settings}", flush=True)
     summaries, frames = {}, {}
-    for result in evaluate_online(agent, replace(env), cfg.rollout):
+    for result in evaluate_online(agent, env, cfg.rollout):
         setting = result["setting"]
         frames[setting] = np.asarray(result.pop("frames"))
         summaries[setting] = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in result.items()}
