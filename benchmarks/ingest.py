@@ -1,15 +1,18 @@
-"""Ingest: is the training step ever waiting for data?
+"""Ingest: does the training step ever wait for data? Measured on the real Ray Train path.
 
-(P1) LAOM+sup optimizer steps/s when batches come from the streaming Ray Data pipeline (shards ->
-     decode -> windows -> iter_torch_batches, the iterator Ray Train hands its workers) versus the
-     same number of steps on batches already held in device memory; their ratio (goal >= 0.95).
-(P2) rows/s of the pipeline alone (no model) with Ray Data limited to 1, 2, 4, 8 CPUs.
+(a) LAOM+sup samples/s through ``raylam.train.train`` (TorchTrainer, ``get_dataset_shard``, the
+    labeled set, clips decoded by Ray Data and windows cut on the device) with the dataset cached
+    (decoded once) and streamed every epoch (``data.cache_bytes=0``), against the same model and
+    loop (``raylam.train.loop.fit``) on a store already in memory: the ratios streamed/resident.
+(b) CPU-milliseconds of data path per training sample, with no model: every Ray process's CPU
+    time (decode tasks, object store, the consuming worker's window cutting) over one streamed
+    epoch, divided by the windows it delivered; plus the decode alone per frame, fast path vs
+    PyAV's rgb24 conversion.
+(c) Mixing: distinct episodes per batch from the streaming pool, on a dataset of many episodes.
+(d) Fixed cost of a stage: wall time of a 1-step ``train()`` run.
 
-The data are a synthetic dataset in the real shard format (no rendering needed), written once
-to --data. Run on a GPU node with --device cuda --model paper for the paper configuration.
-
-    python benchmarks/ingest.py                                   # CPU, small model
-    python benchmarks/ingest.py --device cuda --model paper --batch-size 512 --labeled-batch-size 128
+    python benchmarks/ingest.py --data data/reduced_distracting       # a collected dataset
+    python benchmarks/ingest.py                                       # a synthetic one
 """
 
 from __future__ import annotations
@@ -17,121 +20,191 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import tempfile
 import time
 
+import numpy as np
 import torch
 
-from raylam.data.pipeline import DatasetInfo, WindowSpec, window_dataset
+from raylam.config import from_dict, to_dict
+from raylam.data.clips import CLIP_MEMBERS, clip_dataset, read_clips_local
+from raylam.data.pipeline import DatasetInfo, WindowSpec, configure_data_context
+from raylam.data.shards import decode_frames_mp4, iter_tar_samples
 from raylam.data.synthetic import write_synthetic_dataset
-from raylam.models import ModelConfig, build_model
-from raylam.train.loop import rows_to_batch
+from raylam.models import ModelConfig
+from raylam.train.config import TrainConfig
+from raylam.train.loop import fit, hash_seed, setup_model
+from raylam.train.sampling import ClipStore, EpochSampler, LabeledSampler, StreamingPool
 
 
-def make_dataset(path: str, episodes: int, length: int, size: int) -> DatasetInfo:
-    if not os.path.exists(os.path.join(path, "manifest.json")):
-        write_synthetic_dataset(path, episodes=episodes, episode_length=length, image_size=size, clip_length=64,
-                                overlap=12, num_labeled=max(2, episodes // 8), episodes_per_shard=1,
-                                frames_format="mp4")
-    return DatasetInfo(path)
+def small_model(size: int) -> dict:
+    return to_dict(ModelConfig.small("laom_sup", image_size=size, latent_dim=64, hidden_dim=128, head_blocks=2,
+                                     lr=3e-4, sup_coef=0.01))
 
 
-def train_steps(model, optimizer, batches, labeled, steps, precision):
-    """Run ``steps`` optimizer steps; returns seconds (device synchronised)."""
-    device = next(model.parameters()).device
-    autocast = dict(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
-    start = None
-    for i in range(steps + 3):
-        if i == 3:  # the first steps warm up kernels and the pipeline
-            if device.type == "cuda":
-                torch.cuda.synchronize()
+def train_config(args, storage: str, **changes) -> TrainConfig:
+    data = {"stage": "lam", "dataset": args.data, "storage_path": storage, "model": small_model(args.size),
+            "steps": args.steps, "batch_size": args.batch_size, "labeled_batch_size": args.labeled_batch_size,
+            "report_every": args.steps // 4, "checkpoint_every": args.steps, "cpus_per_worker": 1,
+            "data": {"read_cpus": 1, "clips_per_task": 4}}
+    data.update(changes)
+    return from_dict(TrainConfig, data)
+
+
+def decode_rgb24(data: bytes) -> np.ndarray:
+    """The previous decode: PyAV's swscale conversion to packed rgb24 for every frame."""
+    import io
+
+    import av
+
+    with av.open(io.BytesIO(data)) as container:
+        return np.stack([frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)])
+
+
+def cpu_seconds_of_ray() -> float:
+    """User+system CPU seconds of every Ray process on this machine (workers, raylet, GCS, store)."""
+    import psutil
+
+    total = 0.0
+    for proc in psutil.process_iter(["name", "cmdline", "cpu_times"]):
+        cmd = " ".join(proc.info["cmdline"] or [])
+        if "ray" in (proc.info["name"] or "") or "ray/" in cmd or "ray::" in cmd:
+            t = proc.info["cpu_times"]
+            if t is not None:
+                total += t.user + t.system
+    return total
+
+
+def measure_train_path(args, info, results) -> None:
+    from raylam.train.trainer import train
+
+    dims = {"action_dim": info.manifest["action_dim"], "state_dim": info.manifest["state_dim"]}
+    with tempfile.TemporaryDirectory() as runs:
+        rates = {}
+        for mode, cache in (("cached", 8 << 30), ("streamed", 0)):
             start = time.perf_counter()
-        batch = next(batches)
-        with torch.autocast(**autocast):
-            loss, _ = model(batch, next(labeled))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        model.after_step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
+            result = train(train_config(args, runs, run_name=mode, data={"read_cpus": 1, "clips_per_task": 4,
+                                                                        "cache_bytes": cache}))
+            wall = time.perf_counter() - start
+            rates[mode] = result.metrics["samples_per_s"]  # the last report window: warm
+            results[f"{mode}_wait_fraction"] = result.metrics["data_wait_fraction"]
+            results[f"{mode}_stage_wall_s"] = wall
+        # (d) the fixed cost of a stage: a one-step run
+        start = time.perf_counter()
+        train(train_config(args, runs, run_name="one_step", steps=1, report_every=1, checkpoint_every=1))
+        results["one_step_stage_wall_s"] = time.perf_counter() - start
+
+    # resident: the same loop and model on a store already in memory (no Ray)
+    cfg = train_config(args, "unused")
+    spec = WindowSpec(num_labeled=cfg.num_labeled)
+    store = ClipStore.from_batches(read_clips_local(info, spec))
+    labeled = ClipStore.from_batches(read_clips_local(info, spec, labeled_only=True))
+
+    class Data:
+        current_epoch = 0
+        train = iter(EpochSampler(store, cfg.batch_size, 3, cfg.model.max_offset, seed=(0, 0, 2)))
+        lab = iter(LabeledSampler(labeled, cfg.labeled_batch_size, 3, cfg.model.max_offset, seed=(0, 0, 3)))
+
+        def next(self):
+            return next(self.train), next(self.lab)
+
+    model, optimizer, scheduler = setup_model(cfg, dims, torch.device("cpu"))
+    torch.manual_seed(hash_seed(0, 0, 1))
+    reports = []
+    fit(model, model, optimizer, scheduler, Data(), cfg, torch.device("cpu"), 1, 0,
+        lambda values, step: reports.append(values["samples_per_s"]))
+    rates["resident"] = reports[-1]
+    results.update({f"{k}_samples_per_s": v for k, v in rates.items()})
+    results["cached_over_resident"] = rates["cached"] / rates["resident"]
+    results["streamed_over_resident"] = rates["streamed"] / rates["resident"]
 
 
-def cycle_stream(ds, batch_size, device, prefetch):
-    while True:
-        for rows in ds.iter_torch_batches(batch_size=batch_size, prefetch_batches=prefetch, drop_last=True):
-            yield rows_to_batch(rows, device)
+def measure_data_cost(args, info, results) -> None:
+    """(b): CPU time per delivered window of a streamed epoch consumed by a no-op loop."""
+    import ray
+
+    spec = WindowSpec()
+    ds = clip_dataset(info, spec, clips_per_task=4, num_cpus=1)
+    before, wall = cpu_seconds_of_ray(), time.perf_counter()
+    consumer_before = time.process_time()
+    windows = 0
+    pool = StreamingPool(ds.iter_batches(batch_size=4, batch_format="numpy"), args.pool_clips, args.batch_size,
+                         3, 10, seed=(0,))
+    for batch in pool:
+        windows += len(batch)
+    consumer = time.process_time() - consumer_before
+    ray_cpu = cpu_seconds_of_ray() - before
+    results["stream_windows"] = windows
+    results["data_cpu_ms_per_sample"] = 1e3 * (ray_cpu + consumer) / windows
+    results["data_consumer_cpu_ms_per_sample"] = 1e3 * consumer / windows
+    results["stream_wall_windows_per_s"] = windows / (time.perf_counter() - wall)
+    del ray
+
+    # decode alone, one shard, in this process
+    name = info.shard_urls()[0].rsplit("/", 1)[-1]
+    with info.location.open_read(name) as stream:
+        videos = [s["frames.mp4"] for s in iter_tar_samples(stream, name) if "frames.mp4" in s]
+    if videos:
+        for label, decode in (("planes", decode_frames_mp4), ("rgb24", decode_rgb24)):
+            start, frames = time.process_time(), 0
+            for data in videos:
+                frames += len(decode(data))
+            results[f"decode_{label}_cpu_ms_per_frame"] = 1e3 * (time.process_time() - start) / frames
+        assert all(np.array_equal(decode_frames_mp4(v), decode_rgb24(v)) for v in videos[:2])
+    results["members_read"] = CLIP_MEMBERS
+
+
+def measure_mixing(args, results) -> None:
+    """(c): distinct episodes per batch of the streaming pool over many short episodes."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "many")
+        write_synthetic_dataset(path, episodes=args.mixing_episodes, episode_length=64, image_size=16,
+                                clip_length=32, overlap=12, num_labeled=2, episodes_per_shard=4)
+        info = DatasetInfo(path)
+        ds = clip_dataset(info, WindowSpec(), clips_per_task=4, num_cpus=1)
+        pool = StreamingPool(ds.iter_batches(batch_size=4, batch_format="numpy"), args.pool_clips,
+                             args.mixing_batch, 3, 10, seed=(0,))
+        spans = []
+        for _ in pool:
+            spans.append(len(torch.unique(pool.last_episodes)))
+        results["mixing"] = {"episodes": args.mixing_episodes, "batch": args.mixing_batch,
+                             "pool_clips": args.pool_clips, "median_distinct_episodes": float(np.median(spans)),
+                             "min_distinct_episodes": int(np.min(spans))}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="/tmp/raylam_ingest_data")
-    parser.add_argument("--episodes", type=int, default=16)
-    parser.add_argument("--episode-length", type=int, default=250)
     parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--model", choices=("small", "paper"), default="small")
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=80)
+    parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--labeled-batch-size", type=int, default=16)
-    parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--prefetch", type=int, default=4)
-    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
-    parser.add_argument("--cpus", type=int, nargs="+", default=[1, 2, 4, 8])
+    parser.add_argument("--pool-clips", type=int, default=512)
+    parser.add_argument("--mixing-episodes", type=int, default=512)
+    parser.add_argument("--mixing-batch", type=int, default=512)
+    parser.add_argument("--skip", nargs="*", default=[], choices=("train", "cost", "mixing"))
     args = parser.parse_args()
 
     import ray
 
+    if not os.path.exists(os.path.join(args.data, "manifest.json")):
+        write_synthetic_dataset(args.data, episodes=24, episode_length=200, image_size=args.size, clip_length=64,
+                                overlap=12, num_labeled=4, episodes_per_shard=4, heldout_episodes=2,
+                                frames_format="mp4")
+    info = DatasetInfo(args.data)
     ray.init(include_dashboard=False, log_to_driver=False)
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    info = make_dataset(args.data, args.episodes, args.episode_length, args.size)
-    spec = WindowSpec(frame_stack=3, max_offset=10, num_labeled=None)
-    device = torch.device(args.device)
-    results = {"device": str(device), "cpus": os.cpu_count(), "model": args.model, "batch_size": args.batch_size}
-    if device.type == "cuda":
-        results["gpu"] = torch.cuda.get_device_name()
-
-    # (P1) streaming vs device-resident batches, same model, same step count
-    preset = ModelConfig.paper if args.model == "paper" else ModelConfig.small
-    cfg = preset("laom_sup", image_size=args.size)
-    model = build_model(cfg, info.manifest["action_dim"], info.manifest["state_dim"]).to(device)
-    optimizer = torch.optim.Adam(model.trainable_parameters(), lr=1e-4, fused=device.type == "cuda")
-    train_ds = window_dataset(info, spec)
-    labeled_ds = window_dataset(info, spec, labeled_only=True).materialize()
-    labeled_stream = cycle_stream(labeled_ds, args.labeled_batch_size, device, 1)
-    streamed = train_steps(model, optimizer, cycle_stream(train_ds, args.batch_size, device, args.prefetch),
-                           labeled_stream, args.steps, args.precision)
-    held_batches = [b for _, b in zip(range(8), cycle_stream(train_ds, args.batch_size, device, args.prefetch),
-                                      strict=False)]
-    held_labeled = [next(labeled_stream) for _ in range(8)]
-
-    def cycle(items):
-        while True:
-            yield from items
-
-    resident = train_steps(model, optimizer, cycle(held_batches), cycle(held_labeled), args.steps, args.precision)
-    p1 = {"streamed_samples_per_s": args.steps * args.batch_size / streamed,
-          "resident_samples_per_s": args.steps * args.batch_size / resident}
-    p1["ratio"] = p1["streamed_samples_per_s"] / p1["resident_samples_per_s"]
-    results["p1"] = p1
-    print(f"(P1) {args.model} LAOM+sup on {device}, batch {args.batch_size}+{args.labeled_batch_size}, {args.steps} steps")
-    print(f"     streamed {p1['streamed_samples_per_s']:9.1f} samples/s   resident {p1['resident_samples_per_s']:9.1f}"
-          f" samples/s   ratio {p1['ratio']:.3f}")
-
-    # (P2) the pipeline alone under a CPU budget
-    results["p2"] = {}
-    print("(P2) pipeline alone (decode + windows + batches), rows/s by Ray Data CPU limit")
-    context = ray.data.DataContext.get_current()
-    for cpus in args.cpus:
-        context.execution_options.resource_limits = context.execution_options.resource_limits.copy(cpu=cpus)
-        ds = window_dataset(info, spec)
-        start, rows = time.perf_counter(), 0
-        for batch in ds.iter_batches(batch_size=args.batch_size, prefetch_batches=args.prefetch):
-            rows += len(batch["offset"])
-        rate = rows / (time.perf_counter() - start)
-        results["p2"][cpus] = rate
-        print(f"     {cpus} CPU(s) {rate:9.1f} rows/s ({rows} rows)")
+    configure_data_context(False)
+    torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))
+    results = {"machine": f"{os.cpu_count()} CPUs, torch {torch.__version__}", "dataset": args.data,
+               "batch": f"{args.batch_size}+{args.labeled_batch_size}"}
+    if "train" not in args.skip:
+        measure_train_path(args, info, results)
+    if "cost" not in args.skip:
+        measure_data_cost(args, info, results)
+    if "mixing" not in args.skip:
+        measure_mixing(args, results)
     ray.shutdown()
-    print(json.dumps(results))
+    print(json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":

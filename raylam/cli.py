@@ -19,10 +19,29 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
 
 
+def _add_seeds_arg(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--seeds", metavar="0,1,2", help=f"training seeds ({what}; the same as the override "
+                                                           "seeds=[0,1,2]; default: the config's `seeds`)")
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"0,1,2"`` -> ``[0, 1, 2]``."""
+    try:
+        seeds = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ConfigError(f"--seeds: got {text!r}, expected comma-separated integers, e.g. 0,1,2") from None
+    if not seeds:
+        raise ConfigError(f"--seeds: got {text!r}, expected at least one seed")
+    return seeds
+
+
 def _load(args):
     from raylam.experiment import load_experiment
 
-    cfg = load_experiment(args.config, args.overrides)
+    overrides = list(args.overrides)
+    if getattr(args, "seeds", None):
+        overrides.append(f"seeds={parse_seeds(args.seeds)}")
+    cfg = load_experiment(args.config, overrides)
     if args.print_config:
         print(json.dumps(to_dict(cfg), indent=2))
         sys.exit(0)
@@ -51,14 +70,16 @@ def cmd_train(args) -> int:
         print(f"raylam train: {args.config} defines no `stages`", file=sys.stderr)
         return 2
     indices = [cfg.stage_index(name) for name in args.stage] if args.stage else range(len(cfg.stages))
-    for i in indices:
-        stage = cfg.stage(i)
-        what = f"labels from {stage.lam_run}" if stage.stage == "relabel" else stage.model.method
-        print(f"== stage {stage.run_name}: {stage.stage} ({what}) -> {stage.storage_path}/{stage.run_name}", flush=True)
-        result = train(stage, cfg.name)
-        metrics = result if isinstance(result, dict) else result.metrics
-        shown = {k: round(v, 4) for k, v in metrics.items() if k in ("loss", "step", "samples_per_s", "num_labels")}
-        print(f"== stage {stage.run_name} done: {shown}", flush=True)
+    for seed in cfg.seed_list():
+        for i in indices:
+            stage = cfg.stage(i, seed)
+            what = f"labels from {stage.lam_run}" if stage.stage == "relabel" else stage.model.method
+            print(f"== stage {stage.run_name}: {stage.stage} ({what}, seed {seed}) -> "
+                  f"{stage.storage_path}/{stage.run_name}", flush=True)
+            result = train(stage, cfg.name)
+            metrics = result if isinstance(result, dict) else result.metrics
+            shown = {k: round(v, 4) for k, v in metrics.items() if k in ("loss", "step", "samples_per_s", "num_labels")}
+            print(f"== stage {stage.run_name} done: {shown}", flush=True)
     return 0
 
 
@@ -75,7 +96,8 @@ def cmd_evaluate(args) -> int:
         return 2
     output = args.output or cfg.eval_output()
     probes, rollouts = (args.probe or not args.rollout), (args.rollout or not args.probe)
-    evaluate_methods(evaluation, cfg.run_root(), output, dataset=args.dataset, probes=probes, rollouts=rollouts,
+    roots = cfg.run_root() if args.lam else cfg.seed_roots()  # --lam names its runs itself
+    evaluate_methods(evaluation, roots, output, dataset=args.dataset, probes=probes, rollouts=rollouts,
                      experiment=cfg.name)
     print(f"results: {output}/results.json\nreport: {output}/report.md ({output}/report.html)")
     return 0
@@ -95,7 +117,9 @@ def cmd_pipeline(args) -> int:
     methods = args.methods.split(",") if args.methods else None
     out = run_pipeline(_load(args), force=args.force, methods=methods)
     t = out["timings"]
-    print(f"pipeline done in {t['total'] / 60:.1f} min (collect {t['collect']:.0f} s, evaluate {t['evaluate']:.0f} s)")
+    seeds = sorted({r["seed"] for r in out["results"]["rows"] if r.get("seed") is not None})
+    print(f"pipeline done in {t['total'] / 60:.1f} min (collect {t['collect']:.0f} s, evaluate {t['evaluate']:.0f} s; "
+          f"training seeds {', '.join(map(str, seeds)) or '—'})")
     print(f"report: {out['report']} ({out['output']}/report.html)")
     return 0
 
@@ -125,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="run the training stages of an experiment on Ray Train (all, or --stage)")
     _add_config_args(p)
     p.add_argument("--stage", action="append", metavar="RUN_NAME", help="run only this stage (repeatable)")
+    _add_seeds_arg(p, "every stage runs once per seed, each seed in <runs>/<name>/seed<k>")
     p.set_defaults(func=cmd_train)
 
     from raylam.tune import add_tune_parser
@@ -138,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lam", action="append", metavar="RUN", help="probe this LAM/IDM run directory (repeatable)")
     p.add_argument("--dataset", help="dataset to evaluate on (default: the one each run trained on)")
     p.add_argument("--output", help="report directory (default: evaluate.output or <runs>/<name>/eval)")
+    _add_seeds_arg(p, "evaluate every seed's runs and report mean ± std over the seeds")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("report", help="merge the results of many evaluations into one table and figure")
@@ -149,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--force", action="store_true", help="retrain stages that already finished with this config")
     p.add_argument("--methods", metavar="A,B", help="only these evaluate.methods and the stages they need")
+    _add_seeds_arg(p, "the chain runs once per seed; one merged report, mean ± std over the seeds")
     p.set_defaults(func=cmd_pipeline)
 
     p = sub.add_parser("inspect", help="validate a dataset and print a summary; optional PNG of frames")

@@ -4,6 +4,9 @@ A file in ``configs/`` holds the sections its commands need: ``collect`` for ``r
 ``train`` (settings every stage shares) and ``stages`` (each a name and its differences from
 ``train``) for ``raylam train``. Stages name earlier stages by ``run_name``
 (``lam_run: laom_sup``), and every run lives in ``<storage_path>/<experiment name>/<run_name>``.
+``seeds: [0, 1, 2]`` runs the whole chain once per training seed (``TrainConfig.seed``), each
+seed in its own run root ``<storage_path>/<experiment name>/seed<k>/<run_name>``; an experiment
+with one seed keeps the layout without ``seed<k>``.
 Command-line overrides use the full dotted path (``collect.episodes=4``, ``train.steps=50``);
 ``train.*`` overrides also win over what a stage sets.
 """
@@ -30,6 +33,10 @@ class ExperimentConfig:
     stages: list[dict[str, Any]] = spec([], help="the chain: each entry overrides `train` for one stage")
     evaluate: EvalConfig = spec(EvalConfig(), help="probes and rollouts of the chain's runs, and the report")
     tune: TuneConfig = spec(TuneConfig(), help="raylam tune: an ASHA sweep over one stage (raylam.tune.config)")
+    seeds: list[int] | None = spec(
+        None, ge=0, help="training seeds: the chain runs once per seed, in <storage_path>/<name>/seed<k>/<run_name>, "
+                         "and the evaluation reports mean ± std over them; null: [train.seed] (0 unless set), "
+                         "one seed in <storage_path>/<name>/<run_name>")
 
     def validate(self) -> None:
         names = [stage.get("run_name") for stage in self.stages]
@@ -39,15 +46,44 @@ class ExperimentConfig:
         duplicates = {n for n in names if names.count(n) > 1}
         if duplicates:
             raise ConfigError(f"stages: run_name {sorted(duplicates)[0]!r} is used twice")
+        if self.seeds is not None:
+            if not self.seeds:
+                raise ConfigError("seeds: got [], expected at least one training seed (or null: [train.seed])")
+            if len(set(self.seeds)) != len(self.seeds):
+                raise ConfigError(f"seeds: got {self.seeds}, expected each seed once")
+        for i, entry in enumerate(self.stages):
+            if "seed" in entry and entry["seed"] != self.train.seed:
+                raise ConfigError(f"stages[{i}].seed: got {entry['seed']!r}; the training seed is set for the whole "
+                                  "experiment (`seeds`, or train.seed), not per stage")
         for i in range(len(self.stages)):
             self.stage(i)  # every stage builds and validates now, before any work starts
 
-    def stage(self, index: int) -> TrainConfig:
-        """The full TrainConfig of stage ``index``: ``train`` with the stage's changes on top."""
+    def seed_list(self) -> list[int]:
+        """The training seeds the chain runs with (``seeds``, else ``[train.seed]``)."""
+        return list(self.seeds) if self.seeds is not None else [self.train.seed]
+
+    def seed_root(self, seed: int | None = None) -> str:
+        """Where the runs of training seed ``seed`` (default: the first) live: the run root when the
+        experiment has one seed, ``<run root>/seed<k>`` when it has several."""
+        seeds = self.seed_list()
+        seed = seeds[0] if seed is None else seed
+        if seed not in seeds:
+            raise ConfigError(f"seed {seed} is not one of this experiment's seeds {seeds}")
+        return self.run_root() if len(seeds) == 1 else f"{self.run_root()}/seed{seed}"
+
+    def seed_roots(self) -> dict[int, str]:
+        """``{training seed: its run root}`` for every seed, in order."""
+        return {seed: self.seed_root(seed) for seed in self.seed_list()}
+
+    def stage(self, index: int, seed: int | None = None) -> TrainConfig:
+        """The full TrainConfig of stage ``index`` for training seed ``seed`` (default: the first
+        of ``seeds``): ``train`` with the stage's changes on top, in that seed's run root."""
         entry = self.stages[index]
+        seed = self.seed_list()[0] if seed is None else seed
         merged = deep_merge(to_dict(self.train), entry)
-        prefix = self.run_root()
-        for key in ("lam_run", "labels"):  # a bare name refers to a stage of this experiment
+        merged["seed"] = seed
+        prefix = self.seed_root(seed)
+        for key in ("lam_run", "labels", "policy_run"):  # a bare name refers to a stage of this experiment
             value = merged.get(key)
             if isinstance(value, str) and "/" not in value:
                 if value not in [s["run_name"] for s in self.stages[:index]]:

@@ -1,5 +1,7 @@
 """``raylam pipeline``: collect -> every training stage -> evaluate -> report, in one command.
 
+With several training seeds (``seeds``) the chain runs once per seed, each seed in its own run
+root, and the evaluation merges the seeds into one report (mean ± std over seeds).
 Each step is the same function its own command runs. A rerun picks up where the last one stopped:
 collection skips finished shards, and a stage whose ``artifact.json`` records the very config it
 would run with is not trained again (``force`` retrains everything).
@@ -46,7 +48,7 @@ def select_methods(exp: ExperimentConfig, methods: list[str] | None) -> list[int
     wanted = {run for m in exp.evaluate.methods for run in (m.lam, m.policy, m.decoder) if run in names}
     for entry in reversed(exp.stages):  # stages only read earlier ones, so one backward pass closes the set
         if entry["run_name"] in wanted:
-            wanted |= {entry.get(key) for key in ("lam_run", "labels")} & set(names)
+            wanted |= {entry.get(key) for key in ("lam_run", "labels", "policy_run")} & set(names)
     return [i for i, name in enumerate(names) if name in wanted]
 
 
@@ -73,20 +75,23 @@ def run_pipeline(exp: ExperimentConfig, force: bool = False, methods: list[str] 
     timings["collect"] = time.perf_counter() - start
     print(f"== collect done: {manifest['num_episodes']} episodes, {manifest['num_transitions']} frames "
           f"({timings['collect']:.0f} s)", flush=True)
-    for i in stages:
-        stage = exp.stage(i)
-        if not force and stage_is_done(stage):
-            print(f"== stage {stage.run_name}: already done with this config, skipped", flush=True)
-            continue
-        t = time.perf_counter()
-        what = f"labels from {stage.lam_run}" if stage.stage == "relabel" else stage.model.method
-        print(f"== stage {stage.run_name}: {stage.stage} ({what})", flush=True)
-        train(stage, exp.name)
-        timings[stage.run_name] = time.perf_counter() - t
-        print(f"== stage {stage.run_name} done ({timings[stage.run_name]:.0f} s)", flush=True)
+    seeds = exp.seed_list()
+    for seed in seeds:
+        for i in stages:
+            stage = exp.stage(i, seed)
+            label = stage.run_name if len(seeds) == 1 else f"seed{seed}/{stage.run_name}"
+            if not force and stage_is_done(stage):
+                print(f"== stage {label}: already done with this config, skipped", flush=True)
+                continue
+            t = time.perf_counter()
+            what = f"labels from {stage.lam_run}" if stage.stage == "relabel" else stage.model.method
+            print(f"== stage {label}: {stage.stage} ({what}, seed {seed})", flush=True)
+            train(stage, exp.name)
+            timings[label] = time.perf_counter() - t
+            print(f"== stage {label} done ({timings[label]:.0f} s)", flush=True)
     t = time.perf_counter()
     output = exp.eval_output()
-    results = evaluate_methods(exp.evaluate, exp.run_root(), output, experiment=exp.name)
+    results = evaluate_methods(exp.evaluate, exp.seed_roots(), output, experiment=exp.name)
     timings["evaluate"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - start
     return {"output": output, "report": f"{output}/report.md", "timings": timings, "results": results}

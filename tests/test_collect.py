@@ -71,7 +71,6 @@ def test_read_back_with_webdataset(tiny_dataset):
         assert clip.actions.dtype == np.float32 and clip.actions.shape == (len(clip), 6)
         assert clip.states.dtype == np.float32 and clip.states.shape == (len(clip), manifest["state_dim"])
         assert clip.rewards.dtype == np.float32 and clip.rewards.shape == (len(clip),)
-        assert np.abs(clip.actions).max() <= 1.0
         assert clip.meta["labeled"] == (clip.meta["episode_id"] in labeled)
         by_episode.setdefault(clip.meta["episode_id"], []).append(clip)
     for episode_clips in by_episode.values():
@@ -84,6 +83,14 @@ def test_read_back_with_webdataset(tiny_dataset):
     # expert acting: the two episodes differ (seeded per episode) and earn reward
     a, b = (by_episode[k][0] for k in sorted(by_episode))
     assert not np.array_equal(a.frames, b.frames)
+    # actions are stored as the expert produced them (LAOM's released data): the PPO expert's raw
+    # mean, mostly outside [-1, 1]; the env clipped them when stepping
+    from raylam.envs import load_expert
+
+    expert = load_expert("cheetah-run")
+    for clip in clips:
+        np.testing.assert_allclose(clip.actions, expert.act(clip.states, clip=False), rtol=1e-5, atol=1e-5)
+    assert max(np.abs(clip.actions).max() for clip in clips) > 1.0
 
 
 def test_read_back_with_ray_data(tiny_dataset):
@@ -158,3 +165,31 @@ def test_killed_collection_resumes_without_duplicates(tmp_path):
     report = inspect_dataset(str(out))
     assert report.ok, report.problems
     assert report.checked_samples == manifest["num_samples"]
+
+
+def test_raw_and_clipped_actions_give_the_same_episode(tmp_path):
+    """clip_actions only changes the stored labels: the env executes the clipped action either way."""
+    from raylam.data.collect import rollout_episode
+
+    env = {**TINY["env"], "episode_length": 8, "image_size": 16}
+    raw, _ = rollout_episode(tiny_config(tmp_path / "raw", env=env), 1)
+    clipped, _ = rollout_episode(tiny_config(tmp_path / "clipped", env=env, clip_actions=True), 1)
+    for key in ("frames", "states", "rewards", "physics"):
+        np.testing.assert_array_equal(raw[key], clipped[key], err_msg=key)
+    np.testing.assert_array_equal(clipped["actions"], np.clip(raw["actions"], -1.0, 1.0))
+    assert np.abs(raw["actions"]).max() > 1.0 >= np.abs(clipped["actions"]).max()
+
+
+def test_collections_from_before_raw_actions_are_not_mixed(tmp_path):
+    """An output written before clip_actions existed holds clipped actions: a raw collection is refused."""
+    from raylam.data.collect import PLAN, _check_same_plan, _plan_fields
+    from raylam.data.storage import resolve
+
+    location = resolve(str(tmp_path / "old"))
+    location.makedirs()
+    old = _plan_fields(tiny_config(tmp_path / "old", clip_actions=True))
+    del old["clip_actions"]
+    location.write_json(PLAN, old)
+    _check_same_plan(location, tiny_config(tmp_path / "old", clip_actions=True))  # resumes as before
+    with pytest.raises(ValueError, match="clip_actions: True there, False now"):
+        _check_same_plan(location, tiny_config(tmp_path / "old"))

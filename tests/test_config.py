@@ -1,5 +1,7 @@
 """Config loading: YAML + dotted overrides, with errors that name key, value and expectation."""
 
+import json
+import re
 from pathlib import Path
 
 import pytest
@@ -19,10 +21,31 @@ def test_quickstart_loads_and_overrides_apply(tmp_path):
     assert cfg.collect.env.task == "cheetah-run"
 
 
-@pytest.mark.parametrize("path", ["cheetah_run_paper", "walker_run_paper", "hopper_hop_paper", "humanoid_walk_paper"])
+@pytest.mark.parametrize("path", ["cheetah_run_paper", "cheetah_run_vanilla_paper", "walker_run_paper",
+                                  "hopper_hop_paper", "humanoid_walk_paper"])
 def test_paper_configs_load(path):
     cfg = load_experiment(CONFIGS / f"{path}.yaml")
     assert cfg.collect.episodes == 5000 and cfg.collect.num_labeled == 128
+    if cfg.evaluate.methods:  # the release's protocol: 25 episodes, train backgrounds (and held-out beside)
+        assert cfg.evaluate.rollout.episodes == 25
+        assert cfg.evaluate.rollout.background_splits == ["train", "eval"]
+
+
+def test_vanilla_control_mirrors_the_distracting_experiment():
+    vanilla, distracting = (load_experiment(CONFIGS / f"{n}.yaml") for n in ("cheetah_run_vanilla_paper",
+                                                                            "cheetah_run_paper"))
+    assert vanilla.collect.env.preset == "vanilla" and distracting.collect.env.preset == "scale_easy_video_hard"
+    assert vanilla.collect.output == vanilla.train.dataset == "data/cheetah_run_vanilla"
+    assert vanilla.run_root() == "runs/cheetah_run_vanilla_paper" != distracting.run_root()
+    assert vanilla.stages == distracting.stages  # the same chains, on the other data
+    assert {"laom_sup", "laom", "idm"} <= {m.name for m in vanilla.evaluate.methods}
+    for i in range(len(vanilla.stages)):
+        assert vanilla.stage(i).dataset == "data/cheetah_run_vanilla"
+    # a chain file reads the vanilla data in its own run root, as its comments say
+    chain = load_experiment(CONFIGS / "laom_sup.yaml", ["name=laom_sup_vanilla",
+                                                       "train.dataset=data/cheetah_run_vanilla"])
+    assert chain.stage(0).dataset == "data/cheetah_run_vanilla"
+    assert chain.stage(1).lam_run == "runs/laom_sup_vanilla/laom_sup"
 
 
 @pytest.mark.parametrize(
@@ -75,6 +98,54 @@ def test_paper_training_chains_load(name):
     assert cfg.stage(1).stage == "relabel" and cfg.stage(1).lam_run == f"runs/{name}/{name}"
     if name == "laom_sup":
         assert first.model.latent_dim == 8192 and first.model.encoder_scale == 6 and first.model.sup_coef == 0.001
+    assert name in [m.name for m in cfg.evaluate.methods]
+    assert cfg.evaluate.rollout.episodes == 25 and cfg.evaluate.rollout.background_splits == ["train", "eval"]
+
+
+def test_seeds_give_each_seed_its_run_root():
+    one = load_experiment(QUICKSTART)
+    assert one.seed_list() == [0] and one.seed_roots() == {0: "runs/quickstart"}  # the single-seed layout
+    assert one.stage(2).seed == 0 and one.stage(2).labels == "runs/quickstart/laom_sup_labels"
+    three = load_experiment(QUICKSTART, ["seeds=[0, 1, 2]"])
+    assert three.seed_roots() == {k: f"runs/quickstart/seed{k}" for k in (0, 1, 2)}
+    bc = three.stage(2, seed=2)
+    assert bc.seed == 2 and bc.storage_path == "runs/quickstart/seed2"
+    assert bc.labels == "runs/quickstart/seed2/laom_sup_labels"  # stages read their own seed's runs
+    assert three.stage(2).seed == 0 and three.eval_output() == "runs/quickstart/eval"
+    moved = load_experiment(QUICKSTART, ["train.seed=3"])  # one seed, set through train: flat layout
+    assert moved.seed_list() == [3] and moved.stage(0).seed == 3 and moved.stage(0).storage_path == "runs/quickstart"
+
+
+@pytest.mark.parametrize("override, message", [
+    ("seeds=[]", "seeds: got [], expected at least one"),
+    ("seeds=[1, 1]", "seeds: got [1, 1], expected each seed once"),
+    ("seeds=[-1]", "seeds: got -1, expected a value >= 0"),
+    ("seeds=one", "seeds: got 'one'"),
+])
+def test_bad_seeds(override, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_experiment(QUICKSTART, [override])
+
+
+def test_a_stage_cannot_set_its_own_seed(tmp_path):
+    bad = tmp_path / "exp.yaml"
+    bad.write_text("stages:\n  - {run_name: a, stage: lam, seed: 4}\n")
+    with pytest.raises(ConfigError, match=r"stages\[0\].seed: got 4"):
+        load_experiment(bad)
+
+
+def test_cli_seeds_flag(capsys):
+    from raylam.cli import main, parse_seeds
+
+    assert parse_seeds("0,1, 2") == [0, 1, 2]
+    with pytest.raises(ConfigError, match="comma-separated integers"):
+        parse_seeds("0,x")
+    for command in ("pipeline", "train", "evaluate"):
+        with pytest.raises(SystemExit):
+            main([command, "--config", str(QUICKSTART), "--seeds", "1,2", "--print-config"])
+        assert json.loads(capsys.readouterr().out)["seeds"] == [1, 2], command
+    assert main(["pipeline", "--config", str(QUICKSTART), "--seeds", "0,0"]) == 2
+    assert "each seed once" in capsys.readouterr().err
 
 
 def test_quickstart_chain_resolves_stage_references():

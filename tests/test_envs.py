@@ -75,6 +75,17 @@ def test_presets_follow_dcs_scales():
     assert only_camera["camera_scale"] == 0.2 and not only_camera["background"] and only_camera["color_scale"] == 0
 
 
+def test_floor_opacity_follows_the_released_dcs():
+    """LAOM's src/dcs/suite_utils.py: ground_plane_alpha 1.0 for walker, cheetah and hopper, 0.3 otherwise."""
+    from raylam.envs.config import DEFAULT_GROUND_ALPHA
+
+    assert DEFAULT_GROUND_ALPHA == {"cheetah": 1.0, "walker": 1.0, "hopper": 1.0, "humanoid": 0.3}
+    assert cfg(task="hopper-hop", preset="scale_easy_video_hard").resolved()["ground_alpha"] == 1.0
+    assert cfg(task="humanoid-walk", preset="easy").resolved()["ground_alpha"] == 0.3
+    assert cfg(task="hopper-hop", preset="easy", ground_alpha=0.5).resolved()["ground_alpha"] == 0.5
+    assert cfg(task="hopper-hop", preset="vanilla").resolved()["ground_alpha"] is None  # no background, no change
+
+
 # --- vanilla = plain dm-control ------------------------------------------------------------------
 def test_vanilla_frames_equal_plain_dm_control(envs):
     from dm_control import suite
@@ -150,6 +161,18 @@ def test_episodes_redraw_distractors_and_end_at_episode_length(envs):
             env.step(ACTIONS[0])
     assert [i["episode"] for i in infos] == [0, 1, 2]
     assert infos[0]["camera"] != infos[1]["camera"] and infos[0]["color"] != infos[1]["color"]
+
+
+def test_actions_are_clipped_to_the_bounds_when_stepping(envs):
+    """An expert's raw action may lie outside [-1, 1] (the stored label); the env executes its clip."""
+    big = ACTIONS[:3] * 25.0
+    env = envs(cfg(preset="vanilla", image_size=16), seed=4)
+    raw = rollout(env, big)
+    # the controls the physics saw (and a reward reading physics.control() would see) are the clipped ones
+    np.testing.assert_array_equal(env.physics.data.ctrl, np.clip(big[-1], -1.0, 1.0))
+    clipped = rollout(envs(cfg(preset="vanilla", image_size=16), seed=4), np.clip(big, -1.0, 1.0))
+    for (f0, s0, r0, p0), (f1, s1, r1, p1) in zip(raw, clipped, strict=True):
+        assert np.array_equal(p0, p1) and np.array_equal(s0, s1) and r0 == r1 and np.array_equal(f0, f1)
 
 
 def test_lifecycle_and_bad_actions(envs):

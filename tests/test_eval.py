@@ -62,18 +62,24 @@ def test_streamed_ridge_equals_one_shot_fit():
     assert len(mse) == 2 and all(0.9 < r < 1 for r in r2)
 
 
-def _results(method_rows: list[tuple[str, int, float, float | None]], task="cheetah-run") -> dict:
+def _results(method_rows: list[tuple], task="cheetah-run") -> dict:
+    """Rows of (method, budget, normalized return, probe MSE[, training seed]) in results.json's format."""
     rows = []
-    for method, budget, normalized, probe_mse in method_rows:
+    for method, budget, normalized, probe_mse, *seed in method_rows:
         probe = None if probe_mse is None else {
             "action": {"mse": probe_mse, "r2": 0.5, "mse_per_dim": [probe_mse], "r2_per_dim": [0.5]},
             "state": {"mse": 1.0, "r2": 0.2, "mse_per_dim": [1.0], "r2_per_dim": [0.2]}}
         rollout = {"episodes": 2, "returns": [1.0, 2.0], "return_mean": 1.5, "return_std": 0.5,
                    "normalized_mean": normalized, "normalized_std": 0.05}
-        rows.append({"method": method, "task": task, "num_labeled": budget, "seed": 0, "dataset": "d",
-                     "runs": {}, "probe": probe, "rollouts": {"vanilla": rollout, "hard": rollout}})
+        rollouts = {"vanilla": {**rollout, "setting": "vanilla", "background_split": None},
+                    **{f"hard/{split}": {**rollout, "setting": "hard", "background_split": split}
+                       for split in ("train", "eval")}}
+        reference = method in ("expert", "random")
+        rows.append({"method": method, "task": task, "num_labeled": budget,
+                     "seed": None if reference else (seed[0] if seed else 0), "dataset": "d",
+                     "runs": {}, "probe": probe, "rollouts": rollouts})
     return {"format": "raylam-results/1", "experiment": "t", "rows": rows,
-            "config": {"rollout": {"episodes": 2, "background_split": "eval"}}}
+            "config": {"rollout": {"episodes": 2, "background_splits": ["train", "eval"]}}}
 
 
 def test_report_renders_and_merges(tmp_path):
@@ -84,14 +90,22 @@ def test_report_renders_and_merges(tmp_path):
         path.mkdir()
         doc = _results([("laom_sup", budget, 0.6, 0.1), ("idm", budget, 0.3, 0.4), ("expert", 2, 1.0, None)])
         (path / "results.json").write_text(json.dumps(doc))
-    strips = {"laom_sup": {"vanilla": np.zeros((3, 16, 16, 3), np.uint8)}}
+    strips = {"laom_sup": {"vanilla": np.zeros((3, 16, 16, 3), np.uint8),
+                           "hard/eval": np.zeros((3, 16, 16, 3), np.uint8)}}
     md = write_report(load_results(str(a)), str(a), strips)
     text = open(md).read()
-    assert "| laom_sup | cheetah-run | 2 | 0 | 0.1000 | 0.500 | 0.200 | 0.600 ± 0.050 | 0.600 ± 0.050 |" in text
-    for name in (FIG_RETURN, FIG_PROBE, "frames_laom_sup_vanilla.png", "report.html"):
+    assert ("| laom_sup | cheetah-run | 2 | 0 | 0.1000 | 0.500 | 0.200 | 0.600 ± 0.050 | 0.600 ± 0.050 "
+            "| 0.600 ± 0.050 |") in text
+    # the two background splits side by side, named for a reader
+    assert ("| normalized return (vanilla) | normalized return (hard · paper protocol: train backgrounds) "
+            "| normalized return (hard · held-out backgrounds) |") in text
+    assert "Training seeds: 1 (0)." in text and "Per training seed" not in text
+    for name in (FIG_RETURN, FIG_PROBE, "frames_laom_sup_vanilla.png", "frames_laom_sup_hard-eval.png",
+                 "report.html"):
         assert (a / name).stat().st_size > 0, name
     merged = merge_results([str(a), str(b / "results.json")])
     assert len(merged["rows"]) == 6 and {r["num_labeled"] for r in merged["rows"]} == {2, 8}
+    assert merged["config"]["rollout"]["background_splits"] == ["train", "eval"]
     write_report(merged, str(tmp_path / "merged"))
     assert (tmp_path / "merged" / FIG_RETURN).stat().st_size > 0
     with pytest.raises(FileNotFoundError, match="not an evaluation output"):
@@ -108,3 +122,64 @@ def test_eval_config_errors():
         from_dict(EvalConfig, {"methods": [{"name": "x", "decoder": "d"}]})
     with pytest.raises(ConfigError, match="names must be unique"):
         from_dict(EvalConfig, {"methods": [{"name": "x", "lam": "a"}, {"name": "x", "lam": "b"}]})
+
+
+def test_report_shows_mean_and_std_over_seeds(tmp_path):
+    from raylam.eval.report import FIG_PROBE, FIG_RETURN, aggregate_returns, table_rows, write_report
+
+    doc = _results([("laom_sup", 4, 0.5, 0.1, 0), ("laom_sup", 4, 0.7, 0.3, 1), ("laom_sup", 4, 0.6, 0.2, 2),
+                    ("idm", 4, 0.3, 0.4, 1), ("expert", 4, 1.0, None)])
+    header, lines = table_rows(doc["rows"])
+    assert header[:4] == ["method", "task", "labeled", "seeds"]
+    laom, idm, expert = lines
+    # mean ± std over the three seeds (np.std: population), the seeds listed
+    assert laom[:7] == ["laom_sup", "cheetah-run", "4", "0, 1, 2", "0.2000 ± 0.0816", "0.500 ± 0.000",
+                        "0.200 ± 0.000"]
+    assert laom[7] == "0.600 ± 0.082"
+    assert idm[3] == "1" and idm[7] == "0.300 ± 0.050"  # one seed: ± over its episodes
+    assert expert[2:4] == ["—", "—"]
+    curve = aggregate_returns(doc["rows"])[("cheetah-run", "hard/train")]["laom_sup"]
+    assert curve[0][0] == 4 and curve[0][1] == pytest.approx(0.6) and curve[0][3] == 3
+    text = open(write_report(doc, str(tmp_path))).read()
+    assert "Training seeds: 3 (0, 1, 2)." in text and "std over training seeds" in text
+    assert "## Per training seed" in text and text.count("| laom_sup | cheetah-run | 4 |") == 4  # 1 + 3 seeds
+    for name in (FIG_RETURN, FIG_PROBE):
+        assert (tmp_path / name).stat().st_size > 0
+
+
+def test_rows_from_vanilla_and_distracting_data_stay_apart():
+    from raylam.eval.report import aggregate_returns, table_rows
+
+    distracting, vanilla = _results([("laom_sup", 4, 0.6, 0.1)]), _results([("laom_sup", 4, 0.9, 0.1)])
+    distracting["rows"][0]["data"], vanilla["rows"][0]["data"] = "scale_easy_video_hard", "vanilla"
+    rows = distracting["rows"] + vanilla["rows"]
+    header, lines = table_rows(rows)
+    assert header[2] == "data" and [line[2] for line in lines] == ["scale_easy_video_hard", "vanilla"]
+    assert set(aggregate_returns(rows)[("cheetah-run", "vanilla")]) == {"laom_sup (scale_easy_video_hard data)",
+                                                                        "laom_sup (vanilla data)"}
+
+
+def test_rollout_conditions_and_split_config():
+    from raylam.eval.config import RolloutConfig, rollout_key
+
+    cfg = from_dict(RolloutConfig, {})
+    assert cfg.background_splits == ["train", "eval"]  # the paper's protocol and the held-out one
+    assert cfg.runs() == [("vanilla", None), ("scale_easy_video_hard", "train"), ("scale_easy_video_hard", "eval")]
+    assert [rollout_key(*c) for c in cfg.runs()] == ["vanilla", "scale_easy_video_hard/train",
+                                                     "scale_easy_video_hard/eval"]
+    old = from_dict(RolloutConfig, {"background_split": "eval", "settings": ["hard"]})  # the former key
+    assert old.runs() == [("hard", "eval")] and old.background_split is None
+    with pytest.raises(ConfigError, match="background_splits\\[0\\]: got 'test'"):
+        from_dict(RolloutConfig, {"background_splits": ["test"]})
+    with pytest.raises(ConfigError, match="each split once"):
+        from_dict(RolloutConfig, {"background_splits": ["eval", "eval"]})
+    with pytest.raises(ConfigError, match="at least one"):
+        from_dict(RolloutConfig, {"background_splits": []})
+
+
+def test_rows_carry_the_training_seed_of_the_artifact():
+    from raylam.eval.evaluate import training_seed
+
+    assert training_seed({"config": {"seed": 3}}, fallback=0) == 3
+    assert training_seed({"config": {}}, fallback=7) == 7  # a run trained before TrainConfig.seed existed
+    assert training_seed(None, fallback=None) is None  # references have no training seed

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from raylam.config import ConfigError
 from raylam.models import (
@@ -37,7 +38,7 @@ A, S = 6, 5  # action and state sizes of the fake data
 @pytest.fixture(autouse=True)
 def _threads():
     previous = torch.get_num_threads()
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)  # the test machine is shared: more threads only oversubscribe its cores
     torch.manual_seed(0)
     yield
     torch.set_num_threads(previous)
@@ -73,7 +74,14 @@ def test_defaults_are_the_papers_laom_sup():
     assert c.in_channels == 9
     assert ModelConfig.paper("bc").encoder_scale == 32
     assert ModelConfig.paper("action_decoder").lr == 3e-4
-    assert ModelConfig.paper("lapo").quantizer == "vq" and not ModelConfig.paper("lapo").augment
+    # LAPO as the LAOM paper ran it: continuous z, K = 10, latent 8192 (dunnolab/laom configs/lapo.yaml)
+    lapo = ModelConfig.paper("lapo")
+    assert (lapo.quantizer, lapo.max_offset, lapo.latent_dim, lapo.augment) == ("none", 10, 8192, False)
+    # the LAPO paper's VQ variant (schmidtdominik/LAPO config.yaml): single step, 2 books x 4 latents x 16 dims
+    vq = ModelConfig.paper("lapo", quantizer="vq")
+    assert (vq.max_offset, vq.latent_dim, vq.vq_groups, vq.vq_codebooks, vq.vq_codes) == (1, 128, 8, 2, 64)
+    assert (vq.vq_beta, vq.vq_ema_decay, vq.augment) == (0.05, 0.999, False)
+    assert ModelConfig.paper("lapo", quantizer="vq", latent_dim=64).latent_dim == 64  # overrides win
 
 
 @pytest.mark.parametrize(
@@ -83,6 +91,8 @@ def test_defaults_are_the_papers_laom_sup():
         ({"method": "laom_sup", "sup_coef": 0.0}, "sup_coef"),
         ({"method": "lapo", "augment": True}, "augment"),
         ({"method": "lapo", "augment": False, "latent_dim": 30}, "vq_groups"),
+        ({"method": "lapo", "augment": False, "latent_dim": 48, "vq_groups": 6, "vq_codebooks": 4}, "vq_codebooks"),
+        ({"vq_ema_decay": 1.0}, "vq_ema_decay"),
         ({"method": "nope"}, "expected one of"),
         ({"latent_dim": 0}, ">= 1"),
     ],
@@ -187,6 +197,114 @@ def test_gradient_reaches_every_trainable_parameter(method):
             assert p.grad is None, name
 
 
+# (method, config overrides, with a labeled batch): every way a method is trained
+TRAINING_CASES = [
+    *[(m, {}, labeled) for m in METHODS for labeled in (True, False)],
+    ("lapo", {"quantizer": "vq"}, False),
+    ("lapo", {"quantizer": "vq", "vq_codebooks": 1}, False),
+    ("lapo", {"quantizer": "vq", "vq_ema_decay": None}, False),
+    ("lapo", {"quantizer": "fsq"}, False),
+    ("laom_sup", {"probes": False}, True),
+]
+
+
+def _case_id(case) -> str:
+    method, overrides, labeled = case
+    return "-".join([method, *(f"{k}={v}" for k, v in overrides.items()), "labeled" if labeled else "unlabeled"])
+
+
+@pytest.mark.parametrize("method, overrides, labeled", TRAINING_CASES, ids=map(_case_id, TRAINING_CASES))
+def test_every_trainable_parameter_takes_part_in_the_loss(method, overrides, labeled):
+    """DDP can run with find_unused_parameters=False only if every trainable parameter gets a gradient
+    (zero is fine) in every step: with and without a labeled batch, in every variant."""
+    cfg = small(method, image_size=8, frame_stack=1, encoder_channels=[4, 4, 4], **overrides)
+    model = build_model(cfg, A, S)
+    loss, _ = model.loss(fake_batch(cfg, 4), fake_batch(cfg, 2, labeled=1.0) if labeled else None)
+    loss.backward()
+    unused = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not unused
+
+
+@pytest.mark.parametrize("method, overrides", [("laom_sup", {}), ("lapo", {"quantizer": "vq"})])
+def test_ddp_without_find_unused_parameters(method, overrides, tmp_path):
+    """Two DDP steps with find_unused_parameters=False (DDP raises on the second if a parameter was
+    unused); for LAPO-VQ this also runs the all-reduce of the EMA codebook statistics."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    cfg = small(method, image_size=8, frame_stack=1, encoder_channels=[4, 4, 4], **overrides)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        model = build_model(cfg, A, S)
+        ddp = DistributedDataParallel(model, find_unused_parameters=False)
+        opt = torch.optim.Adam(model.param_groups(), lr=1e-3)
+        for _ in range(2):
+            loss, _ = ddp(fake_batch(cfg, 4))  # no labeled batch: laom_sup uses this batch's labeled rows
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            model.after_step()
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("method, overrides", [(m, {}) for m in METHODS] + [("laom_sup", {"probes": False}),
+                                                                             ("lapo", {"quantizer": "vq"})])
+def test_param_groups_cover_every_trainable_parameter_once(method, overrides):
+    model = build_model(small(method, image_size=8, frame_stack=1, encoder_channels=[4, 4, 4], **overrides), A, S)
+    groups = model.param_groups()
+    ids = [id(p) for g in groups for p in g["params"]]
+    assert len(ids) == len(set(ids))  # nothing twice
+    assert set(ids) == {id(p) for p in model.trainable_parameters()}  # nothing left out
+    assert groups[0]["name"] == "model" and not groups[0].get("constant_lr")
+    probes = getattr(model, "probes", None)
+    if probes is None:
+        assert len(groups) == 1
+    else:
+        assert groups[1]["name"] == "probes" and groups[1]["constant_lr"] is True
+        assert {id(p) for p in groups[1]["params"]} == {id(p) for p in probes.parameters()}
+    torch.optim.Adam(groups, lr=1e-3)  # a valid optimizer spec
+
+
+def _flat_color_batch(cfg: ModelConfig, n: int = 8) -> Batch:
+    """A learnable toy: every frame is one flat colour; it brightens by 40 x a per step (a in 0..2)."""
+    g = torch.Generator().manual_seed(0)
+    base = torch.randint(30, 120, (n, 1, 1, 1, cfg.frame_channels), generator=g)
+    a = torch.randint(0, 3, (n,), generator=g)
+
+    def frames(step: int) -> torch.Tensor:
+        x = (base + 40 * step * a.view(n, 1, 1, 1, 1)).clamp(0, 255).to(torch.uint8)
+        return x.expand(n, cfg.frame_stack, cfg.image_size, cfg.image_size, cfg.frame_channels).contiguous()
+
+    k = min(2, cfg.max_offset)
+    return Batch(obs=frames(0), next_obs=frames(1), future_obs=frames(k), offset=torch.full((n,), k),
+                 actions=a.float().view(n, 1).repeat(1, A), states=torch.randn(n, S, generator=g))
+
+
+@pytest.mark.parametrize("overrides", [{}, {"quantizer": "vq"}], ids=["released-continuous-K10", "lapo-vq"])
+def test_both_lapo_variants_learn_a_fixed_batch(overrides):
+    cfg = small("lapo", image_size=8, frame_stack=1, encoder_channels=[4, 4, 4], lr=3e-3, **overrides)
+    if overrides:  # the LAPO paper's: single-step, quantised
+        assert (cfg.quantizer, cfg.max_offset, cfg.vq_codebooks) == ("vq", 1, 2)
+    else:  # the LAOM paper's LAPO line: no quantizer, (o_t, o_t+k) with K = 10
+        assert (cfg.quantizer, cfg.max_offset) == ("none", 10)
+    model = build_model(cfg, A, S)
+    opt = torch.optim.Adam(model.param_groups(), lr=cfg.lr)
+    b = _flat_color_batch(cfg)
+    recon, total = [], []
+    for _ in range(30):
+        loss, metrics = model.loss(b)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        model.after_step()
+        recon.append(float(metrics["lapo/recon_loss"]))
+        total.append(float(metrics["loss"]))
+    assert all(math.isfinite(v) for v in total)
+    assert sum(recon[-3:]) < 0.9 * sum(recon[:3]), recon
+    assert sum(total[-3:]) < sum(total[:3]), total
+
+
 @pytest.mark.parametrize("method", ["laom_sup", "lapo", "idm"])
 def test_probes_never_change_the_models_gradients(method):
     """Training probes beside the model leaves the model's own gradients exactly as without them."""
@@ -258,9 +376,9 @@ def test_ema_target_moves_exactly_tau_toward_online():
 # ---------------------------------------------------------------- quantizers
 
 
-def _lapo_codes_after_training(quantizer: str) -> tuple[torch.Tensor, float]:
+def _lapo_codes_after_training(quantizer: str, **overrides) -> tuple[torch.Tensor, float]:
     cfg = small("lapo", quantizer=quantizer, latent_dim=16, vq_groups=2, vq_codes=16, fsq_levels=[4, 4],
-                image_size=16, encoder_channels=[8, 16, 16])
+                image_size=16, encoder_channels=[8, 16, 16], **overrides)
     model = build_model(cfg, A, S)
     opt = torch.optim.Adam(model.trainable_parameters(), lr=1e-3)
     b = fake_batch(cfg, 32)
@@ -270,29 +388,119 @@ def _lapo_codes_after_training(quantizer: str) -> tuple[torch.Tensor, float]:
         loss.backward()
         opt.step()
     with torch.no_grad():
-        obs, nxt = to_float_image(b.obs), to_float_image(b.next_obs)
+        obs, nxt = to_float_image(b.obs), to_float_image(b.future_obs)
         z = model.idm_out(torch.nn.functional.gelu(model.idm_encoder.features(torch.cat([obs, nxt], 1))))
         codes = model.quantizer.codes_of(z)
     return codes, float(metrics[f"{quantizer}/perplexity"])
 
 
-@pytest.mark.parametrize("quantizer", ["vq", "fsq"])
-def test_quantizer_codes_are_used(quantizer):
-    codes, perplexity = _lapo_codes_after_training(quantizer)
+# LAPO's EMA codebook needs hundreds of steps to spread out (its first updates throw unused codes far
+# away, see quantize.py): test_vq_ema_codebook_settles_on_the_cluster_means covers it.
+@pytest.mark.parametrize("quantizer, overrides", [("vq", {"vq_ema_decay": None}), ("fsq", {})])
+def test_quantizer_codes_are_used(quantizer, overrides):
+    codes, perplexity = _lapo_codes_after_training(quantizer, **overrides)
     distinct = [len(torch.unique(codes[:, g])) for g in range(codes.shape[1])]
     assert min(distinct) >= 4, distinct  # 32 transitions, no group collapsed onto one code
     assert perplexity > 3
 
 
-def test_vector_quantizer_snaps_to_codes_with_straight_through_gradient():
-    vq = VectorQuantizer(8, groups=2, codes=5)
+@pytest.mark.parametrize("ema_decay", [0.999, None])
+def test_vector_quantizer_snaps_to_codes_with_straight_through_gradient(ema_decay):
+    vq = VectorQuantizer(8, groups=2, codes=5, codebooks=2, ema_decay=ema_decay).eval()
     z = torch.randn(10, 8, requires_grad=True)
     z_q, loss, _ = vq(z)
     idx = vq.codes_of(z)
     expected = torch.stack([vq.codebook[g, idx[:, g]] for g in range(2)], 1).view(10, 8)
-    assert torch.allclose(z_q, expected, atol=1e-6)
-    (z_q.sum() + loss).backward()
-    assert z.grad is not None and vq.codebook.grad is not None
+    assert torch.equal(z_q, expected)  # exactly the codes: relabels are codebook entries
+    (grad,) = torch.autograd.grad(z_q.sum(), z, retain_graph=True)
+    assert torch.equal(grad, torch.ones_like(z))  # straight through
+    loss.backward()
+    assert z.grad is not None  # the commitment loss pulls z toward its codes
+    if ema_decay is None:
+        assert vq.codebook.grad is not None  # learned by the codebook loss
+    else:
+        assert not isinstance(vq.codebook, torch.nn.Parameter) and not list(vq.parameters())
+
+
+def test_vq_groups_share_codebooks():
+    """LAPO: 8 discrete latents, 2 codebooks, each shared by 4 of them; vq_codebooks=1: one for all."""
+    vq = VectorQuantizer(32, groups=8, codes=16, codebooks=2)
+    assert vq.codebook.shape == (2, 16, 4) and vq.book_of.tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
+    shared = VectorQuantizer(32, groups=8, codes=16, codebooks=1).eval()
+    assert shared.codebook.shape == (1, 16, 4)
+    z = torch.randn(5, 8, 4)
+    z[:, 6] = z[:, 1]  # two groups, same vector: same code of the one codebook
+    z_q = shared(z.view(5, 32))[0].view(5, 8, 4)
+    assert torch.equal(z_q[:, 6], z_q[:, 1])
+    rows = shared.codebook[0]
+    assert all((z_q[b, g] == rows).all(-1).any() for b in range(5) for g in range(8))
+    # in LAPO: one shared codebook, and the relabels of every group are entries of it
+    cfg = small("lapo", quantizer="vq", vq_groups=4, vq_codebooks=1, image_size=8, frame_stack=1,
+                encoder_channels=[4, 4, 4])
+    model = build_model(cfg, A, S)
+    assert model.quantizer.codebook.shape == (1, cfg.vq_codes, cfg.latent_dim // 4)
+    b = fake_batch(cfg)
+    z = model.latent_action(b.obs, b.next_obs).view(6, 4, -1)
+    assert all((z[i, g] == model.quantizer.codebook[0]).all(-1).any() for i in range(6) for g in range(4))
+
+
+def _lapo_ema_reference(codebook, ema_count, ema_weight, x, idx, decay, eps=1e-5):
+    """LAPO's VQEmbeddingEMA update written out per codebook with one-hot encodings."""
+    books, m, d = codebook.shape
+    per_book = x.shape[1] // books  # groups per codebook, contiguous
+    x = x.view(x.shape[0], books, per_book, d).transpose(0, 1).reshape(books, -1, d)  # [K, B*G/K, d]
+    idx = idx.view(idx.shape[0], books, per_book).transpose(0, 1).reshape(books, -1)
+    enc = F.one_hot(idx, m).float()  # [K, N, M]
+    count = decay * ema_count + (1 - decay) * enc.sum(1)
+    n = count.sum(-1, keepdim=True)
+    count = (count + eps) / (n + m * eps) * n
+    weight = decay * ema_weight + (1 - decay) * torch.bmm(enc.transpose(1, 2), x)
+    return weight / count.unsqueeze(-1), count, weight
+
+
+def test_vq_codebook_moves_by_ema_not_by_gradient():
+    cfg = small("lapo", quantizer="vq", image_size=8, frame_stack=1, encoder_channels=[4, 4, 4])
+    model = build_model(cfg, A, S)
+    vq = model.quantizer
+    names = dict(model.named_parameters())
+    assert not any("quantizer" in n for n in names)  # no codebook in the optimizer
+    assert {"quantizer.codebook", "quantizer.ema_count", "quantizer.ema_weight"} <= set(model.state_dict())
+    opt = torch.optim.Adam(model.param_groups(), lr=1e-3)
+    b = fake_batch(cfg)
+    with torch.no_grad():
+        obs, end = to_float_image(b.obs), to_float_image(b.future_obs)
+        x = model.idm_out(F.gelu(model.idm_encoder.features(torch.cat([obs, end], 1))))
+        idx = vq.codes_of(x)
+    expected = _lapo_ema_reference(vq.codebook.clone(), vq.ema_count.clone(), vq.ema_weight.clone(),
+                                   x.view(6, cfg.vq_groups, -1), idx, cfg.vq_ema_decay)
+    loss, metrics = model.loss(b)
+    assert "vq/codebook_loss" not in metrics  # LAPO: commitment loss only
+    for got, want in zip((vq.codebook, vq.ema_count, vq.ema_weight), expected, strict=True):
+        assert torch.allclose(got, want, rtol=1e-5, atol=1e-5)
+    loss.backward()
+    opt.step()
+    after_step = vq.codebook.clone()
+    assert torch.equal(after_step, expected[0])  # the optimizer step did not touch it
+    model.latent_action(b.obs, b.next_obs)  # no_grad relabeling leaves it alone, in train mode too
+    model.eval()
+    model.loss(b)  # eval mode too (LAPO: only in training)
+    assert torch.equal(vq.codebook, after_step)
+
+
+def test_vq_ema_codebook_settles_on_the_means_of_its_assignments():
+    """On fixed clustered vectors the EMA codebook reaches k-means' fixed point: each used code is the
+    mean of the vectors assigned to it (codes thrown away by the first updates come back near 0)."""
+    vq = VectorQuantizer(16, groups=2, codes=16, codebooks=1, ema_decay=0.99)
+    centers = torch.randn(6, 8) * 2
+    x = (centers[torch.randint(0, 6, (128, 2))] + 0.3 * torch.randn(128, 2, 8)).view(128, 16)
+    for _ in range(1500):
+        vq(x)
+    idx = vq.codes_of(x).flatten()
+    used = idx.unique()
+    assert len(used) >= 4, used  # the six clusters did not collapse onto a few codes
+    vectors = x.view(-1, 8)
+    for c in used:
+        assert torch.allclose(vq.codebook[0, c], vectors[idx == c].mean(0), atol=1e-2), int(c)
 
 
 def test_fsq_rounds_to_its_levels():

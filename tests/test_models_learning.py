@@ -93,7 +93,7 @@ def train_and_probe(method: str, seed: int, steps: int = STEPS, batch: int = 32,
     g = torch.Generator().manual_seed(seed)
     cfg = config(method, **overrides)
     model = build_model(cfg, action_dim=2, state_dim=2)
-    opt = torch.optim.Adam(model.trainable_parameters(), lr=cfg.lr)
+    opt = torch.optim.Adam(model.param_groups(), lr=cfg.lr)
     for _ in range(steps):
         loss, _ = model.loss(sample(train, batch, g), sample(train, labeled, g, labeled_episodes))
         opt.zero_grad(set_to_none=True)

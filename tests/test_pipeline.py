@@ -2,18 +2,22 @@
 (5 of the 16: lam, relabel, latent_bc, action_decoder, bc; a Ray Train run costs ~35 s of start-up
 on the CI machine; LAPO's LAM stage and relabeling are trained in test_train, LAOM is LAOM+sup's
 model without the head, the idm stage is the bc stage's labeled stream with another model) ->
-probes, rollouts, report; then `raylam report` merges it and the analysis notebook runs on it."""
+probes, rollouts (vanilla, and the distracting setting with train and held-out backgrounds),
+report; then `raylam report` merges it, the analysis notebook runs on it, and `--seeds 0,1` finds
+per-seed copies of the bc run done and merges their evaluations (no extra training run)."""
 
 from __future__ import annotations
 
 import json
 import math
 import os
+import shutil
 from pathlib import Path
 
 import pytest
 
 from raylam.cli import main
+from raylam.config import to_dict
 from raylam.eval.evaluate import REFERENCES, RESULTS_FORMAT
 from raylam.experiment import load_experiment
 from raylam.pipeline import select_methods, stage_is_done
@@ -73,19 +77,26 @@ def test_results_and_report(quickstart):
         for kind in ("action", "state"):
             assert math.isfinite(probe[kind]["mse"]) and len(probe[kind]["mse_per_dim"]) == (6 if kind == "action" else 17)
     assert rows["bc"]["probe"] is None
+    conditions = {"vanilla", "scale_easy_video_hard/train", "scale_easy_video_hard/eval"}
     for method, row in rows.items():
-        assert row["task"] == "cheetah-run" and row["seed"] == 0
-        assert set(row["rollouts"]) == {"vanilla", "scale_easy_video_hard"}, method
+        assert row["task"] == "cheetah-run" and row["data"] == "scale_easy_video_hard"
+        # the training seed the runs' artifacts record; the references were not trained
+        assert row["seed"] == (None if method in REFERENCES else 0), method
+        assert set(row["rollouts"]) == conditions, method
         for r in row["rollouts"].values():
             assert r["episodes"] == 1 and r["episode_length"] == 20 and math.isfinite(r["normalized_mean"])
-    assert rows["bc"]["num_labeled"] == 1
+        assert row["rollouts"]["scale_easy_video_hard/train"]["background_split"] == "train"
+    assert rows["bc"]["num_labeled"] == 1 and results["seeds"] == [0]
     # the expert brackets the scale from above, even on 20-step episodes
     expert, random = (rows[k]["rollouts"]["vanilla"]["normalized_mean"] for k in ("expert", "random"))
     assert expert > random
     report = (out / "report.md").read_text()
-    assert "| method | task | labeled | seed | action probe MSE" in report
-    for name in ("normalized_return.png", "probe_mse.png", "frames_laom_sup_scale_easy_video_hard.png",
-                 "report.html"):
+    assert "| method | task | labeled | seeds | action probe MSE" in report
+    assert "(scale_easy_video_hard · paper protocol: train backgrounds) |" in report
+    assert "(scale_easy_video_hard · held-out backgrounds) |" in report
+    assert "Training seeds: 1 (0)." in report
+    for name in ("normalized_return.png", "probe_mse.png", "frames_laom_sup_scale_easy_video_hard-eval.png",
+                 "frames_laom_sup_scale_easy_video_hard-train.png", "report.html"):
         assert (out / name).stat().st_size > 1000, name
 
 
@@ -94,7 +105,9 @@ def test_report_command_merges_evaluations(quickstart, tmp_path):
     out = exp.eval_output()
     assert main(["report", out, f"{out}/results.json", "--output", str(tmp_path / "merged")]) == 0
     assert (tmp_path / "merged" / "normalized_return.png").stat().st_size > 1000
-    assert (tmp_path / "merged" / "report.md").read_text().count("| laom_sup |") == 2
+    merged = (tmp_path / "merged" / "report.md").read_text()
+    # the same evaluation twice: one summary line over both rows, then one line per row
+    assert merged.count("| laom_sup | cheetah-run | 1 | 0, 0 |") == 1 and merged.count("| laom_sup |") == 3
     assert main(["report", str(tmp_path / "missing")]) == 2
 
 
@@ -112,3 +125,34 @@ def test_analysis_notebook_runs_on_the_outputs(quickstart, monkeypatch):
     assert any("image/png" in o.get("data", {}) for o in outputs)
     assert any("rows from 1 evaluation" in o.get("text", "") for o in outputs)
     assert os.environ["RAYLAM_RESULTS"] == exp.eval_output()
+
+
+def test_several_seeds_run_in_their_own_roots_and_merge(quickstart, tmp_path, capsys):
+    exp, _ = quickstart
+    overrides = [*tiny_overrides(Path(exp.collect.output).parent), f"evaluate.output={tmp_path / 'eval'}"]
+    multi = load_experiment(QUICKSTART, [*overrides, "seeds=[0,1]"])
+    (index,) = select_methods(multi, ["bc"])
+    trained = Path(exp.stage(index).storage_path) / "bc"
+    for seed in (0, 1):  # seed k's run, as training with seed k would leave it (a copy of the trained one)
+        stage = multi.stage(index, seed)
+        assert stage.seed == seed and stage.storage_path == f"{exp.run_root()}/seed{seed}"
+        run = Path(stage.storage_path) / "bc"
+        shutil.copytree(trained, run)
+        artifact = json.loads((run / "artifact.json").read_text())
+        artifact["config"] = {**artifact["config"], "seed": seed, "storage_path": stage.storage_path}
+        artifact["requested_config"] = to_dict(stage)
+        (run / "artifact.json").write_text(json.dumps(artifact))
+    assert main(["pipeline", "--config", QUICKSTART, "--methods", "bc", "--seeds", "0,1", *overrides]) == 0
+    assert capsys.readouterr().out.count("already done with this config, skipped") == 2  # nothing retrained
+    out = tmp_path / "eval"
+    results = json.loads((out / "results.json").read_text())
+    assert results["seeds"] == [0, 1]
+    assert sorted((r["method"], r["seed"]) for r in results["rows"] if r["method"] == "bc") == [("bc", 0), ("bc", 1)]
+    assert sorted(r["method"] for r in results["rows"] if r["seed"] is None) == sorted(REFERENCES)  # once
+    for seed in (0, 1):
+        per_seed = json.loads((out / f"seed{seed}" / "results.json").read_text())
+        assert [(r["method"], r["seed"]) for r in per_seed["rows"]] == [("bc", seed)]
+        assert per_seed["rows"][0]["runs"]["policy"] == f"{exp.run_root()}/seed{seed}/bc"
+    report = (out / "report.md").read_text()
+    assert "Training seeds: 2 (0, 1)." in report and "## Per training seed" in report
+    assert "| bc | cheetah-run | 1 | 0, 1 | — | — | — |" in report

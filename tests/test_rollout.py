@@ -24,7 +24,8 @@ DISTRACTING = "scale_easy_video_hard"
 
 
 def rollout_config(**changes) -> RolloutConfig:
-    data = {"episodes": 2, "settings": [DISTRACTING], "strip_frames": 4, "num_actors": 2, **changes}
+    data = {"episodes": 2, "settings": [DISTRACTING], "background_splits": ["eval"], "strip_frames": 4,
+            "num_actors": 2, **changes}
     return from_dict(RolloutConfig, data)
 
 
@@ -56,8 +57,10 @@ def runs(tmp_path_factory) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def expert_actor(ray_local) -> list[dict]:
-    # 4 episodes on 2 actors; the second setting reuses the actors (and their loaded agent)
-    return evaluate_online({"kind": "expert"}, ENV, rollout_config(settings=["vanilla", DISTRACTING]))
+    # 6 episodes on 2 actors: vanilla once, the distracting setting with the train (paper protocol)
+    # and the eval (held-out) backgrounds; later conditions reuse the actors (and their loaded agent)
+    return evaluate_online({"kind": "expert"}, ENV, rollout_config(settings=["vanilla", DISTRACTING],
+                                                                   background_splits=["train", "eval"]))
 
 
 @pytest.fixture(scope="module")
@@ -66,23 +69,28 @@ def random_actor(ray_local) -> list[dict]:
 
 
 def test_report_layout(expert_actor):
-    assert [r["setting"] for r in expert_actor] == ["vanilla", DISTRACTING]
+    assert [r["setting"] for r in expert_actor] == ["vanilla", DISTRACTING, DISTRACTING]
+    assert [r["key"] for r in expert_actor] == ["vanilla", f"{DISTRACTING}/train", f"{DISTRACTING}/eval"]
+    assert [r["background_split"] for r in expert_actor] == [None, "train", "eval"]
+    assert [r["protocol"] for r in expert_actor][1:] == ["paper protocol: train backgrounds", "held-out backgrounds"]
     for report in expert_actor:
         assert report["episodes"] == 2 and report["episode_length"] == LENGTH
         assert len(report["returns"]) == len(report["seeds"]) == 2 and len(set(report["seeds"])) == 2
         assert report["frames"].shape == (4, 32, 32, 3) and report["frames"].dtype == np.uint8
         assert report["wall_s"] > 0
         assert report["normalized_mean"] == pytest.approx(report["return_mean"] / expert_return(TASK, LENGTH))
-    # the same episodes in every setting; the state-based expert does not see the distractors
-    assert expert_actor[0]["seeds"] == expert_actor[1]["seeds"]
-    assert expert_actor[0]["returns"] == expert_actor[1]["returns"]
-    assert not np.array_equal(expert_actor[0]["frames"], expert_actor[1]["frames"])  # but they are there
+    # the same episodes in every condition; the state-based expert does not see the distractors
+    vanilla, train, held_out = expert_actor
+    assert vanilla["seeds"] == train["seeds"] == held_out["seeds"]
+    assert vanilla["returns"] == train["returns"] == held_out["returns"]
+    assert not np.array_equal(vanilla["frames"], train["frames"])  # but they are there
+    assert not np.array_equal(train["frames"], held_out["frames"])  # and come from other videos
 
 
 def test_evaluator_is_honest(expert_actor, random_actor):
     # measured at 60 steps (the cheetah starts at rest): expert 0.23-0.24 of the scaled expert return
     # on these seeds, random 0.00-0.01
-    expert = expert_actor[1]
+    expert = expert_actor[2]
     assert min(expert["returns"]) / expert_return(TASK, LENGTH) > 0.15
     assert random_actor[0]["normalized_mean"] < 0.05
     assert expert["normalized_mean"] - random_actor[0]["normalized_mean"] > 0.15
@@ -92,9 +100,9 @@ def test_same_seeds_twice_are_bit_identical_in_either_placement(expert_actor, ra
     # the same episodes again, on other actors and with the policy in the driver (2 episodes on
     # 1 actor: the second starts when the first ends): identical returns and frames
     expert = evaluate_online({"kind": "expert"}, ENV, rollout_config(placement="batched", num_actors=1))
-    assert expert[0]["returns"] == expert_actor[1]["returns"]
-    assert expert[0]["seeds"] == expert_actor[1]["seeds"]
-    np.testing.assert_array_equal(expert[0]["frames"], expert_actor[1]["frames"])
+    assert expert[0]["returns"] == expert_actor[2]["returns"]
+    assert expert[0]["seeds"] == expert_actor[2]["seeds"]
+    np.testing.assert_array_equal(expert[0]["frames"], expert_actor[2]["frames"])
     random = evaluate_online({"kind": "random"}, ENV, rollout_config(placement="batched"))
     assert random[0]["returns"] == random_actor[0]["returns"]
 
@@ -144,6 +152,15 @@ def test_bad_rollout_settings():
     with pytest.raises(FileNotFoundError, match="not a finished raylam run"):
         make_agent({"kind": "policy", "policy": "/nonexistent/run"}, TASK, ACTION_DIM)
     assert evaluate_online({"kind": "expert"}, ENV, rollout_config(episodes=0)) == []
+
+
+def test_background_dir_of_the_rollouts_overrides_the_datasets(tmp_path):
+    from raylam.eval.rollout import _check
+
+    _, env, _, _ = _check({"kind": "expert"}, ENV, rollout_config())
+    assert env.background_dir is None  # the dataset's own (built-in here)
+    _, env, _, _ = _check({"kind": "expert"}, ENV, rollout_config(background_dir=str(tmp_path)))
+    assert env.background_dir == str(tmp_path) and env.task == TASK
 
 
 def test_strip_indices():

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from raylam.config import ConfigError, from_dict, to_dict
-from raylam.data.pipeline import DatasetInfo, WindowSpec, window_dataset
+from raylam.data.clips import clip_dataset
+from raylam.data.pipeline import DatasetInfo, WindowSpec
 from raylam.data.synthetic import write_synthetic_dataset
 from raylam.models.config import ModelConfig
 from raylam.train.config import TrainConfig
@@ -35,34 +36,40 @@ def train_config(dataset, storage, **changes) -> TrainConfig:
     return from_dict(TrainConfig, data)
 
 
-def test_pipeline_rows_and_labeled_stream(ray_local, synthetic):
+def test_clip_stream_and_labeled_stream(ray_local, synthetic):
     dataset, manifest = synthetic
     info = DatasetInfo(dataset)
-    spec = WindowSpec(frame_stack=3, max_offset=10, seed=0)
-    rows = window_dataset(info, spec).take_all()
-    assert len(rows) == 6 * 39  # every transition with a next frame, once; held-out shard excluded
-    assert rows[0]["obs"].shape == (3, 32, 32, 3) and rows[0]["obs"].dtype == np.uint8
-    keys = {(r["episode"], r["step"]) for r in rows}
-    assert len(keys) == len(rows)
-    labeled_rows = window_dataset(info, WindowSpec(num_labeled=1), labeled_only=True).take_all()
+    rows = clip_dataset(info, WindowSpec(frame_stack=3, max_offset=10)).take_all()
+    assert rows[0]["frames"].shape == (24, 32, 32, 3) and rows[0]["frames"].dtype == np.uint8
+    owned = sorted((int(r["episode"]), t) for r in rows for t in range(r["owned_lo"], r["owned_hi"]))
+    # every transition with a next frame, owned by exactly one clip; held-out shard excluded
+    assert len(owned) == len(set(owned)) == 6 * 39
+    labeled_rows = clip_dataset(info, WindowSpec(num_labeled=1), labeled_only=True).take_all()
     first = int(manifest["labeled_episodes"][0][2:])
-    assert {r["episode"] for r in labeled_rows} == {first} and len(labeled_rows) == 39
+    assert {int(r["episode"]) for r in labeled_rows} == {first}
+    assert sum(int(r["owned_hi"] - r["owned_lo"]) for r in labeled_rows) == 39
     assert all(r["labeled"] for r in labeled_rows)
 
 
-def test_two_workers_see_disjoint_windows(ray_local, synthetic):
+def test_two_workers_see_disjoint_clips(ray_local, synthetic):
     dataset, _ = synthetic
-    ds = window_dataset(DatasetInfo(dataset), WindowSpec(seed=0))
+    ds = clip_dataset(DatasetInfo(dataset), WindowSpec())
     a, b = ds.streaming_split(2, equal=True)
     import ray
 
     @ray.remote(num_cpus=0)
     def keys(it):
-        return [(int(e), int(s)) for batch in it.iter_batches(batch_size=8) for e, s in zip(batch["episode"], batch["step"], strict=True)]
+        return [(int(e), int(s)) for batch in it.iter_batches(batch_size=4)
+                for e, s in zip(batch["episode"], batch["start"], strict=True)]
 
     ka, kb = ray.get([keys.remote(a), keys.remote(b)])
     assert ka and kb and not set(ka) & set(kb)
     assert len(ka) == len(kb)
+
+
+def test_job_batch_must_split_evenly_across_workers(synthetic, tmp_path):
+    with pytest.raises(ConfigError, match="batch_size: got 15, expected a multiple of num_workers \\(2\\)"):
+        train_config(synthetic[0], tmp_path, num_workers=2, batch_size=15)
 
 
 @pytest.fixture(scope="module")

@@ -91,7 +91,8 @@ def rollout_episode(cfg: CollectConfig, index: int) -> tuple[dict[str, np.ndarra
         step = env.reset()
         info = env.distractor_info()
         for _ in range(cfg.env.episode_length):
-            action = expert.act(step.state, noise_std=cfg.action_noise, rng=rng)
+            # stored as produced (unless clip_actions); the env clips it to the action bounds
+            action = expert.act(step.state, noise_std=cfg.action_noise, rng=rng, clip=cfg.clip_actions)
             frames.append(step.frame)
             states.append(step.state)
             physics.append(env.physics_state())
@@ -182,6 +183,7 @@ def _check_same_plan(location: Location, cfg: CollectConfig) -> None:
     wanted = _plan_fields(cfg)
     if location.exists(PLAN):
         existing = location.read_json(PLAN)
+        existing.setdefault("clip_actions", True)  # collections made before the option stored clipped actions
         for key in sorted(set(wanted) | set(existing)):
             if existing.get(key) != wanted.get(key):
                 raise ValueError(

@@ -22,7 +22,13 @@ class CollectConfig:
     frames_format: str = spec("mp4", choices=("mp4", "npy"), help="mp4: H.264 RGB; npy: raw uint8")
     crf: int = spec(0, ge=0, le=51, help="H.264 quality; 0 is lossless")
     num_labeled: int = spec(2, ge=0, help="episodes that keep their action labels (chosen by seed)")
-    action_noise: float = spec(0.0, ge=0.0, le=2.0, help="std of Gaussian noise added to expert actions")
+    clip_actions: bool = spec(False, help="store actions clipped to [-1, 1]; false (as LAOM's released data): "
+                                          "store the action the expert produced, which the env clips when "
+                                          "stepping (the PPO experts' raw actions mostly lie outside [-1, 1])")
+    action_noise: float = spec(0.0, ge=0.0, le=2.0,
+                               help="std of Gaussian noise added to expert actions: to the raw action when "
+                                    "clip_actions is false (sampling the PPO expert's Gaussian; a small std "
+                                    "seldom changes the executed, clipped action), else to the clipped one")
     seed: int = spec(0, ge=0, help="root seed: episodes, distractors, noise and labeled set derive from it")
     num_workers: int | None = spec(None, ge=1, help="concurrent rollout tasks; null = all shards submitted, Ray runs one per free CPU "
                                                         "(and an autoscaler adds nodes for the rest)")

@@ -38,11 +38,13 @@ TASK_CAMERAS = {
     "humanoid-walk": ("back", "side", "egocentric"),
 }
 
-# DCS makes the floor see-through when a background is shown, except where the floor covers
-# only the lower part of the view anyway (walker, cheetah). Hopper and humanoid are not DCS
-# domains; they get DCS's default for other domains (0.3). Without it the humanoid's camera,
-# which looks down at the floor, would show no background at all.
-DEFAULT_GROUND_ALPHA = {"cheetah": 1.0, "walker": 1.0, "hopper": 0.3, "humanoid": 0.3}
+# Floor opacity while a background is shown, per domain, as in LAOM's released DCS
+# (``src/dcs/suite_utils.py``, ``get_background_kwargs``: ``ground_plane_alpha`` is 1.0 for walker,
+# cheetah and hopper, 0.0 for reacher, 0.3 for every other domain, humanoid included). The original
+# DCS had 1.0 only for walker and cheetah and did not support hopper or humanoid; LAOM added both
+# and put hopper with the opaque floors. The humanoid's camera looks down at the floor, so its
+# translucent floor is what lets the background show at all.
+DEFAULT_GROUND_ALPHA = {"cheetah": 1.0, "walker": 1.0, "hopper": 1.0, "humanoid": 0.3}
 
 
 def split_task(task: str) -> tuple[str, str]:

@@ -115,14 +115,19 @@ class DistractingEnv:
         return TimeStep(self._render(), flatten_observation(ts.observation), 0.0, False)
 
     def step(self, action) -> TimeStep:
-        """Apply ``action`` (float [A] in [-1, 1]) for one control step; ``last`` ends the episode."""
+        """Apply ``action`` (float [A]) for one control step; ``last`` ends the episode.
+
+        The action is clipped to the action spec's bounds ([-1, 1] in every task here) before it
+        reaches the physics, as ``gym.wrappers.ClipAction`` does in LAOM's released collection:
+        an expert's raw action may lie outside them (see :class:`raylam.envs.expert.Expert`).
+        """
         self._check_open()
         if self._needs_reset:
             raise RuntimeError("the episode is over (or was never started): call reset() first")
         action = np.asarray(action, dtype=np.float64).reshape(-1)
         if action.shape != (self.action_dim,):
             raise ValueError(f"action: expected shape ({self.action_dim},), got {np.shape(action)}")
-        ts = self._env.step(action)
+        ts = self._env.step(np.clip(action, self.action_low, self.action_high))
         self._t += 1
         for d in (self.background, self.camera, self.color):
             if d is not None:

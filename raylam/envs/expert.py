@@ -25,6 +25,9 @@ from raylam.envs.config import TASKS
 
 EXPERT_DIR = Path(__file__).resolve().parent / "experts"
 
+# CleanRL's PPO clamps the normalised observation to [-10, 10] (the released agent does too).
+OBS_CLIP = 10.0
+
 # Returns of the released experts: the denominators of the normalized return.
 EXPERT_RETURNS = {"cheetah-run": 837.7, "walker-run": 739.8, "hopper-hop": 306.6, "humanoid-walk": 617.2}
 
@@ -43,11 +46,21 @@ class _Layer:
 
 
 class Expert:
-    """A deterministic expert policy: ``act(state) -> action`` in [-1, 1].
+    """A deterministic expert policy: ``act(state) -> action``.
 
-    PPO: ``a = clip(MLP_tanh((s - mean) / sqrt(var + 1e-8)), -1, 1)`` (greedy: the Gaussian's mean).
-    SAC: ``a = tanh(mu(MLP_relu(s)))`` (greedy: the squashed Gaussian's mode).
-    ``noise_std > 0`` adds Gaussian noise to the (clipped) greedy action, then clips to [-1, 1].
+    PPO: ``a = MLP_tanh(clip((s - mean) / sqrt(var + 1e-8), -10, 10))`` (greedy: the Gaussian's
+    mean; the observation clamp is CleanRL's, as in the released agent). SAC: ``a = tanh(mu(MLP_relu(s)))``
+    (greedy: the squashed Gaussian's mode).
+
+    The PPO mean is unbounded: on the released experts most entries of it lie outside [-1, 1] (up
+    to ~30), i.e. the experts act bang-bang and the environment clips. ``clip=True`` (the default)
+    returns ``clip(a, -1, 1)``, the action the environment executes; ``clip=False`` returns what the
+    expert produced, which is what LAOM's released collection stores (``collect_data.py`` records
+    the raw action and steps a ``gym.wrappers.ClipAction`` environment).
+
+    ``noise_std > 0`` adds Gaussian noise: with ``clip=True`` to the clipped greedy action (then
+    clipped again), so it perturbs what the environment executes; with ``clip=False`` to the raw
+    action (for PPO, sampling its Gaussian with that std, the release's ``greedy_actions=False``).
     """
 
     def __init__(self, task: str, algorithm: str, layers: list[_Layer], activation: str,
@@ -62,24 +75,28 @@ class Expert:
         self.state_dim = int(layers[0].weight.shape[0])
         self.action_dim = int(layers[-1].weight.shape[1])
 
-    def act(self, state, noise_std: float = 0.0, rng: np.random.Generator | None = None) -> np.ndarray:
+    def act(self, state, noise_std: float = 0.0, rng: np.random.Generator | None = None,
+            clip: bool = True) -> np.ndarray:
         x = np.asarray(state, dtype=np.float32)
         if x.shape[-1] != self.state_dim or x.ndim not in (1, 2):
             raise ValueError(f"{self.task} expert: expected state [{self.state_dim}] or [B, {self.state_dim}], "
                              f"got shape {x.shape}")
         if self._mean is not None:
-            x = (x - self._mean) * self._scale
+            x = np.clip((x - self._mean) * self._scale, -OBS_CLIP, OBS_CLIP)
         for layer in self._layers[:-1]:
             x = self._activation(x @ layer.weight + layer.bias)
         last = self._layers[-1]
         a = x @ last.weight + last.bias
         if self._squash:
             a = np.tanh(a)
-        a = np.clip(a, -1.0, 1.0)  # the greedy action; noise perturbs the action actually taken
+        if clip:
+            a = np.clip(a, -1.0, 1.0)
         if noise_std > 0:
             rng = rng if rng is not None else np.random.default_rng()
             a = a + rng.normal(0.0, noise_std, size=a.shape).astype(np.float32)
-        return np.clip(a, -1.0, 1.0).astype(np.float32)
+            if clip:
+                a = np.clip(a, -1.0, 1.0)
+        return a.astype(np.float32)
 
     __call__ = act
 

@@ -5,7 +5,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from raylam.config import ConfigError, spec
-from raylam.envs.config import PRESETS
+from raylam.envs.config import PRESET_SETTINGS, PRESETS, SPLITS
+
+# How a rollout's background split is labeled in results and reports.
+SPLIT_LABELS = {"train": "paper protocol: train backgrounds", "eval": "held-out backgrounds"}
+
+
+def uses_backgrounds(setting: str) -> bool:
+    """Whether the preset ``setting`` shows background videos (then the split matters)."""
+    return PRESET_SETTINGS[setting][2] != 0
+
+
+def rollout_key(setting: str, split: str | None) -> str:
+    """The key of one rollout condition in results.json: ``vanilla``, ``scale_easy_video_hard/train`` ..."""
+    return setting if split is None else f"{setting}/{split}"
 
 
 @dataclass
@@ -26,11 +39,21 @@ class ProbeConfig:
 class RolloutConfig:
     """Online evaluation: policies act in the distracting environment on Ray actors."""
 
-    episodes: int = spec(5, ge=0, help="episodes per method and setting (0: no rollouts)")
+    episodes: int = spec(5, ge=0, help="episodes per method, setting and background split (0: no rollouts); "
+                                       "the paper's configs use 25, as LAOM's released configs")
     settings: list[str] = spec(["vanilla", "scale_easy_video_hard"], choices=PRESETS,
                                help="distractor presets to act in (vanilla = control condition)")
-    background_split: str = spec("eval", choices=("train", "eval"),
-                                 help="background videos: eval = held out from the training data")
+    background_splits: list[str] = spec(
+        ["train", "eval"], choices=SPLITS,
+        help="background videos each setting with backgrounds is rolled out with: train = the paper's protocol "
+             "(LAOM's released configs evaluate with dcs_backgrounds_split: train, the videos of the training "
+             "data), eval = held-out videos the training data never showed; settings without backgrounds "
+             "(vanilla) run once")
+    background_split: str | None = spec(None, choices=SPLITS,
+                                        help="deprecated: one split; the same as background_splits: [<split>]")
+    background_dir: str | None = spec(None, help="background videos folder for the rollouts (e.g. DAVIS "
+                                                 "JPEGImages/480p where the rollout actors run, docs/DAVIS.md); "
+                                                 "null: the dataset's own, as its manifest records it")
     episode_length: int | None = spec(None, ge=2, help="steps per episode; null: the dataset's episode length")
     seed: int = spec(1000, ge=0, help="episode i uses seed (seed, i), the same for every method")
     num_actors: int | None = spec(None, ge=1, help="environment actors; null: one per CPU (at most episodes)")
@@ -43,6 +66,26 @@ class RolloutConfig:
     strip_frames: int = spec(8, ge=0, help="frames of the first episode kept for the report's strip")
     references: bool = spec(True, help="also roll out the expert and a uniform random policy: the 1 and the 0 "
                                        "of the normalized-return scale, measured on the same episodes")
+
+    def validate(self) -> None:
+        if self.background_split is not None:  # the old single-split key
+            self.background_splits = [self.background_split]
+            self.background_split = None
+        if not self.background_splits:
+            raise ConfigError("background_splits: got [], expected at least one of ['train', 'eval']")
+        if len(set(self.background_splits)) != len(self.background_splits):
+            raise ConfigError(f"background_splits: got {self.background_splits}, expected each split once")
+
+    def runs(self) -> list[tuple[str, str | None]]:
+        """The (setting, background split) pairs rolled out, in order; the split is None for a
+        setting without background videos (it would not change a frame)."""
+        out: list[tuple[str, str | None]] = []
+        for setting in self.settings:
+            if uses_backgrounds(setting):
+                out += [(setting, split) for split in self.background_splits]
+            else:
+                out.append((setting, None))
+        return out
 
 
 @dataclass
@@ -61,7 +104,8 @@ class EvalConfig:
     methods: list[MethodRuns] = spec([], help="what to evaluate")
     probe: ProbeConfig = spec(ProbeConfig())
     rollout: RolloutConfig = spec(RolloutConfig())
-    seed: int = spec(0, ge=0, help="recorded in results.json (the training seed of these runs)")
+    seed: int = spec(0, ge=0, help="training seed recorded for runs whose artifact does not record one (runs "
+                                   "trained before TrainConfig.seed existed); otherwise the artifact's seed is used")
 
     def validate(self) -> None:
         names = [m.name for m in self.methods]

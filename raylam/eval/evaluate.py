@@ -2,13 +2,18 @@
 
 Each method of ``evaluate.methods`` names its runs (a LAM or IDM for probes; a policy, and the
 action decoder that turns its latent into actions, for rollouts). The evaluation writes
-``results.json`` -- one row per method x task x label budget x seed -- and a report beside it.
+``results.json`` -- one row per method x task x label budget x training seed, the seed read from
+the runs' artifacts -- and a report beside it. With several training seeds (one run root per
+seed), every seed's runs are evaluated on the same episodes, each seed's rows also go to
+``<output>/seed<k>/results.json``, the expert and random references are rolled out once, and the
+report shows mean ± std over the seeds.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import time
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -16,7 +21,7 @@ from raylam.config import from_dict, to_dict
 from raylam.data.pipeline import DatasetInfo
 from raylam.data.storage import resolve
 from raylam.envs.config import EnvConfig
-from raylam.eval.config import EvalConfig, MethodRuns
+from raylam.eval.config import EvalConfig, MethodRuns, rollout_key
 from raylam.train.artifacts import read_artifact
 
 RESULTS = "results.json"
@@ -39,19 +44,38 @@ def env_of_dataset(info: DatasetInfo) -> EnvConfig:
     return from_dict(EnvConfig, env)
 
 
-def _row(method: str, runs: dict, artifact: dict | None, info: DatasetInfo, seed: int) -> dict:
+def training_seed(artifact: dict | None, fallback: int | None = None) -> int | None:
+    """The training seed a run's artifact records (its config's ``seed``); ``fallback`` for runs
+    made before TrainConfig had one."""
+    if not artifact:
+        return fallback
+    seed = (artifact.get("config") or {}).get("seed")
+    return fallback if seed is None else int(seed)
+
+
+def _data_preset(info: DatasetInfo) -> str | None:
+    """The distractor preset the dataset was collected with (``vanilla`` for the control data)."""
+    return ((info.manifest.get("config") or {}).get("env") or {}).get("preset")
+
+
+def _row(method: str, runs: dict, artifact: dict | None, info: DatasetInfo, seed: int | None) -> dict:
     labeled = artifact.get("num_labeled") if artifact else None
     if labeled is None:  # null budget: every labeled episode of the dataset
         labeled = len(info.manifest["labeled_episodes"])
     return {
         "method": method, "task": info.manifest["task"], "num_labeled": int(labeled), "seed": seed,
-        "dataset": info.uri, "runs": runs, "probe": None, "rollouts": {},
+        "data": _data_preset(info), "dataset": info.uri, "runs": runs, "probe": None, "rollouts": {},
     }
 
 
-def evaluate_methods(cfg: EvalConfig, run_root: str, output: str, dataset: str | None = None,
+def evaluate_methods(cfg: EvalConfig, run_root: str | Mapping[int, str], output: str, dataset: str | None = None,
                      probes: bool = True, rollouts: bool = True, experiment: str = "raylam") -> dict:
-    """Evaluate ``cfg.methods`` (run names relative to ``run_root``); write results + report to ``output``."""
+    """Evaluate ``cfg.methods``; write results + report to ``output``.
+
+    ``run_root``: where the methods' bare run names live -- one directory, or ``{training seed:
+    directory}`` for several seeds (each seed's rows also go to ``<output>/seed<k>/results.json``).
+    Every row's ``seed`` is the training seed its run's artifact records.
+    """
     import ray
 
     from raylam.eval.report import write_report
@@ -59,12 +83,66 @@ def evaluate_methods(cfg: EvalConfig, run_root: str, output: str, dataset: str |
     if not ray.is_initialized():
         ray.init()
     start = time.perf_counter()
+    roots = {None: run_root} if isinstance(run_root, str) else dict(run_root)
+    if not roots:
+        raise ValueError("evaluate: no run root to evaluate")
+    rows, strips = [], {}
+    for seed, root in roots.items():
+        if len(roots) > 1:
+            print(f"== training seed {seed}: {root}", flush=True)
+        # one root: the row's seed is whatever its runs were trained with; several: each root must hold its seed
+        seed_rows, seed_strips = _evaluate_root(cfg, root, cfg.seed if seed is None else seed, len(roots) > 1,
+                                                dataset, probes, rollouts)
+        if len(roots) > 1:
+            seed_out = resolve(f"{output.rstrip('/')}/seed{seed}")
+            seed_out.makedirs()
+            seed_out.write_json(RESULTS, _document(cfg, experiment, seed_rows, time.perf_counter() - start))
+        rows += seed_rows
+        for method, frames in seed_strips.items():  # the report's strips: the first seed's
+            strips.setdefault(method, frames)
+    if rollouts and cfg.rollout.episodes and cfg.rollout.references and rows:
+        info = DatasetInfo(dataset or rows[0]["dataset"])
+        for kind in REFERENCES:  # the same episodes for every seed: rolled out once
+            row = _row(kind, {}, None, info, None)
+            row["rollouts"], strips[kind] = _act(kind, {"kind": kind}, info, cfg)
+            rows.append(row)
+    results = _document(cfg, experiment, rows, time.perf_counter() - start)
+    out = resolve(output)
+    out.makedirs()
+    out.write_json(RESULTS, results)
+    write_report(results, output, strips)
+    return results
+
+
+def _document(cfg: EvalConfig, experiment: str, rows: list[dict], wall_s: float) -> dict:
+    seeds = sorted({r["seed"] for r in rows if r["seed"] is not None})
+    return {
+        "format": RESULTS_FORMAT,
+        "experiment": experiment,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "wall_s": wall_s,
+        "seeds": seeds,
+        "config": to_dict(cfg),
+        "rows": rows,
+    }
+
+
+def _evaluate_root(cfg: EvalConfig, run_root: str, seed: int, strict: bool, dataset: str | None,
+                   probes: bool, rollouts: bool) -> tuple[list[dict], dict]:
+    """Probes and rollouts of every method whose runs live in ``run_root``: (rows, strips).
+
+    A row's seed is the one its runs' artifact records (``seed`` for runs that record none);
+    ``strict``: it must be ``seed``."""
     rows, strips = [], {}
     for m in cfg.methods:
         runs = {k: run_path(getattr(m, k), run_root) for k in ("lam", "policy", "decoder")}
         artifact = _method_artifact(m, runs)
         info = DatasetInfo(dataset or artifact["dataset"])
-        row = _row(m.name, {k: v for k, v in runs.items() if v}, artifact, info, cfg.seed)
+        trained = training_seed(artifact, seed)
+        if strict and trained != seed:
+            raise ValueError(f"evaluate: {m.name}'s run {runs['policy'] or runs['lam']} was trained with seed "
+                             f"{trained}, but it lives in the run root of seed {seed} ({run_root})")
+        row = _row(m.name, {k: v for k, v in runs.items() if v}, artifact, info, trained)
         if probes and cfg.probe.enabled and runs["lam"]:
             from raylam.eval.probes import probe_run
 
@@ -76,25 +154,7 @@ def evaluate_methods(cfg: EvalConfig, run_root: str, output: str, dataset: str |
             agent = {"kind": "policy", "policy": runs["policy"], "decoder": runs["decoder"]}
             row["rollouts"], strips[m.name] = _act(m.name, agent, info, cfg)
         rows.append(row)
-    if rollouts and cfg.rollout.episodes and cfg.rollout.references and rows:
-        info = DatasetInfo(dataset or rows[0]["dataset"])
-        for kind in REFERENCES:
-            row = _row(kind, {}, None, info, cfg.seed)
-            row["rollouts"], strips[kind] = _act(kind, {"kind": kind}, info, cfg)
-            rows.append(row)
-    results = {
-        "format": RESULTS_FORMAT,
-        "experiment": experiment,
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "wall_s": time.perf_counter() - start,
-        "config": to_dict(cfg),
-        "rows": rows,
-    }
-    out = resolve(output)
-    out.makedirs()
-    out.write_json(RESULTS, results)
-    write_report(results, output, strips)
-    return results
+    return rows, strips
 
 
 def _method_artifact(m: MethodRuns, runs: dict) -> dict:
@@ -110,12 +170,13 @@ def _act(name: str, agent: dict, info: DatasetInfo, cfg: EvalConfig) -> tuple[di
     from raylam.eval.rollout import evaluate_online
 
     env = env_of_dataset(info)
-    print(f"== rollouts {name}: {cfg.rollout.episodes} episodes x {cfg.rollout.settings}", flush=True)
+    conditions = [rollout_key(*c) for c in cfg.rollout.runs()]
+    print(f"== rollouts {name}: {cfg.rollout.episodes} episodes x {conditions}", flush=True)
     summaries, frames = {}, {}
     for result in evaluate_online(agent, env, cfg.rollout):
-        setting = result["setting"]
-        frames[setting] = np.asarray(result.pop("frames"))
-        summaries[setting] = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in result.items()}
-        print(f"   {setting}: return {result['return_mean']:.1f} ± {result['return_std']:.1f}, "
+        key = result["key"]
+        frames[key] = np.asarray(result.pop("frames"))
+        summaries[key] = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in result.items()}
+        print(f"   {key} ({result['protocol']}): return {result['return_mean']:.1f} ± {result['return_std']:.1f}, "
               f"normalized {result['normalized_mean']:.3f}", flush=True)
     return summaries, frames

@@ -29,7 +29,7 @@ from raylam.config import from_dict, to_dict
 from raylam.envs.config import EnvConfig
 from raylam.envs.expert import EXPERT_RETURNS
 from raylam.eval.agents import Agent, check_spec, make_agent
-from raylam.eval.config import RolloutConfig
+from raylam.eval.config import SPLIT_LABELS, RolloutConfig, rollout_key
 
 # The distractor overrides of EnvConfig; cleared so that a setting means exactly its preset.
 _DISTRACTOR_OVERRIDES = ("camera_scale", "color_scale", "num_videos")
@@ -269,6 +269,8 @@ def _check(agent: dict, env: EnvConfig, cfg: RolloutConfig) -> tuple[dict, EnvCo
         raise ValueError(f"cfg: expected a RolloutConfig, got {type(cfg).__name__}")
     cfg = from_dict(RolloutConfig, to_dict(cfg))  # re-validate a config built in Python
     env = check_config(env)
+    if cfg.background_dir is not None:  # the videos as seen from where the actors run
+        env = from_dict(EnvConfig, {**to_dict(env), "background_dir": cfg.background_dir})
     spec = check_spec(agent)
     length = cfg.episode_length or env.episode_length
     if length < 2:
@@ -300,15 +302,20 @@ def _device(cfg: RolloutConfig) -> str:
     return "cuda"
 
 
-def summarize(setting: str, env: EnvConfig, results: list[dict], wall_s: float) -> dict:
-    """One setting's report entry: returns, their mean/std, normalized by the expert, the strip."""
+def summarize(setting: str, env: EnvConfig, results: list[dict], wall_s: float,
+              split: str | None = None) -> dict:
+    """One condition's report entry (a setting, with one background split when it shows
+    backgrounds): returns, their mean/std, normalized by the expert, the strip."""
     returns = [float(r["return"]) for r in results]
     norm = np.asarray(returns) / expert_return(env.task, env.episode_length)
     frames = results[0]["frames"] if results else None
     if frames is None:
         frames = np.zeros((0, env.image_size, env.image_size, 3), dtype=np.uint8)
     return {
+        "key": rollout_key(setting, split),
         "setting": setting,
+        "background_split": split,
+        "protocol": SPLIT_LABELS.get(split, "no background videos"),
         "episodes": len(results),
         "episode_length": env.episode_length,
         "seeds": [int(r["seed"]) for r in results],
@@ -324,7 +331,10 @@ def summarize(setting: str, env: EnvConfig, results: list[dict], wall_s: float) 
 
 def evaluate_online(agent: dict, env: EnvConfig, cfg: RolloutConfig) -> list[dict]:
     """Roll out ``agent`` (a spec, see :mod:`raylam.eval.agents`) for ``cfg.episodes`` episodes in
-    every setting of ``cfg.settings``; one result dict per setting (see :func:`summarize`).
+    every setting of ``cfg.settings``, once per background split of ``cfg.background_splits`` for a
+    setting with background videos (``RolloutConfig.runs``); one result dict per (setting, split),
+    see :func:`summarize` (``key`` names it: ``vanilla``, ``scale_easy_video_hard/train`` ...).
+    Every condition uses the same episode seeds.
 
     Runs on the current Ray cluster (a local one is started if none); actors are killed at the end.
     """
@@ -344,19 +354,21 @@ def evaluate_online(agent: dict, env: EnvConfig, cfg: RolloutConfig) -> list[dic
     actors = [worker.remote(env.task, cfg.render_backend, actor_spec) for _ in range(_num_actors(cfg))]
     driver = _Driver(spec, env.task, device) if cfg.placement == "batched" else None
     name = spec["kind"] if spec["kind"] != "policy" else spec["policy"].rstrip("/").rsplit("/", 1)[-1]
-    bar = tqdm(total=cfg.episodes * len(cfg.settings), unit="ep", delay=2.0,
+    conditions = cfg.runs()
+    bar = tqdm(total=cfg.episodes * len(conditions), unit="ep", delay=2.0,
                desc=f"rollout {name} {env.task} ({cfg.placement}, {len(actors)} actors)")
     reports = []
     try:
-        for setting in cfg.settings:
-            setting_cfg = setting_env(env, setting, cfg.background_split, length)
+        for setting, split in conditions:
+            # a setting without backgrounds ignores the split; env.split keeps the config complete
+            setting_cfg = setting_env(env, setting, split or env.split, length)
             started = time.perf_counter()
             if driver is None:
                 results = _run_actor(actors, setting_cfg, seeds, strip, bar)
             else:
                 results = driver.run(actors, setting_cfg, seeds, strip, bar)
-            reports.append(summarize(setting, setting_cfg, results, time.perf_counter() - started))
-            bar.set_postfix({setting: f"{reports[-1]['normalized_mean']:.2f}"})
+            reports.append(summarize(setting, setting_cfg, results, time.perf_counter() - started, split))
+            bar.set_postfix({reports[-1]["key"]: f"{reports[-1]['normalized_mean']:.2f}"})
     finally:
         bar.close()
         for actor in actors:

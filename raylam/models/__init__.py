@@ -3,6 +3,7 @@
 Every method is built by :func:`build_model` and trained through the same interface::
 
     model = build_model(ModelConfig.paper("laom_sup"), action_dim, state_dim)
+    opt = torch.optim.Adam(model.param_groups(), lr)  # group "probes": keep its lr constant
     loss, metrics = model.loss(batch, labeled_batch)   # Batch: uint8 [B, stack, H, W, C] views
     loss.backward(); opt.step(); model.after_step()    # after_step: EMA target updates
 

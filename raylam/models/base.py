@@ -2,6 +2,7 @@
 
 The trainer sees only this interface, so it needs no per-method branches::
 
+    optimizer = torch.optim.Adam(model.param_groups(), lr=lr)  # probes: keep their lr constant
     loss, metrics = model.loss(batch, labeled_batch)   # == model(batch, labeled_batch)
     loss.backward(); optimizer.step(); model.after_step()
 
@@ -18,6 +19,7 @@ from torch import Tensor
 from raylam.models.augment import augment
 from raylam.models.batch import Batch
 from raylam.models.config import ModelConfig
+from raylam.models.probes import Probes
 
 
 class Method(nn.Module):
@@ -51,6 +53,22 @@ class Method(nn.Module):
     def trainable_parameters(self) -> list[nn.Parameter]:
         """What the optimizer should update (EMA targets and frozen parts excluded)."""
         return [p for p in self.parameters() if p.requires_grad]
+
+    def param_groups(self) -> list[dict]:
+        """Optimizer groups: ``model``, then ``probes`` (only if the model has any) marked ``constant_lr``.
+
+        The paper trains its linear probes with their own Adam at a constant learning rate beside the
+        LAM; here they share one Adam but sit in their own group, so the trainer can keep that group's
+        lr constant (and leave it out of gradient clipping) while the model's is scheduled. Adam's
+        update is per parameter, so this is the same as a second optimizer.
+        """
+        probe_ids = {id(p) for m in self.modules() if isinstance(m, Probes) for p in m.parameters()}
+        trainable = self.trainable_parameters()
+        groups: list[dict] = [{"params": [p for p in trainable if id(p) not in probe_ids], "name": "model"}]
+        probes = [p for p in trainable if id(p) in probe_ids]
+        if probes:
+            groups.append({"params": probes, "name": "probes", "constant_lr": True})
+        return groups
 
 
 def masked_mse(pred: Tensor, target: Tensor, weight: Tensor) -> Tensor:

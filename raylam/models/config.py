@@ -22,13 +22,24 @@ POLICIES = ("bc", "latent_bc")
 # schmidtdominik/LAPO config.yaml.
 _PAPER: dict[str, dict[str, Any]] = {
     "idm": {"encoder_scale": 12, "max_offset": 1, "augment": False},
-    # LAPO: one-step IDM, pixel reconstruction, VQ of 8 groups x 16 dims, 64 codes per group.
-    "lapo": {"max_offset": 1, "augment": False, "latent_dim": 128, "quantizer": "vq"},
+    # LAPO as the LAOM paper ran it (dunnolab/laom train_lapo.py + configs/lapo.yaml): no quantizer,
+    # an 8192-dim continuous z of (o_t, o_t+k), k ~ U{1..10}, pixel MSE to o_t+1, no augmentation.
+    # The LAPO paper's own quantised single-step latent is one argument away:
+    # paper("lapo", quantizer="vq") applies _LAPO_VQ below.
+    "lapo": {"augment": False, "quantizer": "none"},
     "laom": {},
     "laom_sup": {},
     "bc": {"encoder_scale": 32, "max_offset": 1, "augment": False},
     "latent_bc": {"encoder_scale": 32, "max_offset": 1, "augment": False},
     "action_decoder": {"max_offset": 1, "augment": False, "lr": 3e-4},
+}
+
+# The LAPO paper's variant (schmidtdominik/LAPO config.yaml): one-step IDM, z of 2 codebooks x 4
+# latents x 16 dims = 128, 64 codes per codebook shared by its 4 latents, EMA codebook (decay 0.999),
+# commitment 0.05. Applied by paper()/small() for method lapo with quantizer vq.
+_LAPO_VQ: dict[str, Any] = {
+    "max_offset": 1, "latent_dim": 128, "vq_groups": 8, "vq_codebooks": 2, "vq_codes": 64,
+    "vq_beta": 0.05, "vq_ema_decay": 0.999,
 }
 
 # CPU-sized settings: 32x32 frames, scale-1 encoder with one residual block, tiny heads.
@@ -87,11 +98,20 @@ class ModelConfig:
     # LAPO quantizer
     quantizer: str = spec(
         "vq", choices=("vq", "fsq", "none"),
-        help="lapo: vq (codebook + commitment losses, as LAPO), fsq, or none (continuous z)",
+        help="lapo: vq (EMA codebooks + commitment loss, as the LAPO paper), fsq, or none (continuous z, "
+             "as the LAOM paper's LAPO baseline)",
     )
-    vq_groups: int = spec(8, ge=1, help="vq: z splits into this many groups, each with its own codebook")
+    vq_groups: int = spec(8, ge=1, help="vq: z splits into this many discrete latents, each snapped to one code")
+    vq_codebooks: int | None = spec(
+        2, ge=1, help="vq: codebooks shared by the groups (group g uses book g // (vq_groups / vq_codebooks); "
+                      "LAPO: 2 books for 8 latents); null: one codebook per group",
+    )
     vq_codes: int = spec(64, ge=2, help="vq: codes per codebook")
-    vq_beta: float = spec(0.25, ge=0.0, help="vq: commitment loss weight")
+    vq_beta: float = spec(0.05, ge=0.0, help="vq: commitment loss weight (LAPO: 0.05)")
+    vq_ema_decay: float | None = spec(
+        0.999, ge=0.0, lt=1.0, help="vq: codebook = EMA of its assigned vectors with this decay, no codebook "
+                                     "gradient (LAPO: 0.999); null: learn it by the codebook loss instead",
+    )
     fsq_levels: tuple[int, ...] = spec((8, 5, 5, 5), ge=2, help="fsq: levels per dimension, cycled over z")
 
     # optimisation (read by the trainer)
@@ -118,6 +138,9 @@ class ModelConfig:
             if self.quantizer == "vq" and self.latent_dim % self.vq_groups:
                 raise ConfigError(f"latent_dim: got {self.latent_dim}, expected a multiple of "
                                   f"vq_groups={self.vq_groups}")
+            if self.quantizer == "vq" and self.vq_codebooks and self.vq_groups % self.vq_codebooks:
+                raise ConfigError(f"vq_codebooks: got {self.vq_codebooks}, expected a divisor of "
+                                  f"vq_groups={self.vq_groups} (each book serves as many groups)")
             if self.quantizer == "fsq" and self.latent_dim % len(self.fsq_levels):
                 raise ConfigError(f"latent_dim: got {self.latent_dim}, expected a multiple of "
                                   f"len(fsq_levels)={len(self.fsq_levels)}")
@@ -130,19 +153,26 @@ class ModelConfig:
 
     @classmethod
     def paper(cls, method: str = "laom_sup", **overrides: Any) -> ModelConfig:
-        """The paper's configuration for ``method``, with ``overrides`` on top."""
-        if method not in METHODS:
-            raise ConfigError(f"method: got {method!r}, expected one of {list(METHODS)}")
-        return from_dict(cls, {**_PAPER[method], "method": method, **overrides})
+        """The paper's configuration for ``method``, with ``overrides`` on top.
+
+        ``paper("lapo", quantizer="vq")`` is the LAPO paper's quantised single-step variant.
+        """
+        return from_dict(cls, {**_preset(method, overrides), "method": method, **overrides})
 
     @classmethod
     def small(cls, method: str = "laom_sup", **overrides: Any) -> ModelConfig:
         """A CPU-sized configuration (32x32 frames, scale-1 encoder) for tests and quick runs."""
-        if method not in METHODS:
-            raise ConfigError(f"method: got {method!r}, expected one of {list(METHODS)}")
-        return from_dict(cls, {**_PAPER[method], **_SMALL, "method": method, **overrides})
+        return from_dict(cls, {**_preset(method, overrides), **_SMALL, "method": method, **overrides})
 
     def replace(self, **changes: Any) -> ModelConfig:
         """A validated copy with ``changes``."""
         return from_dict(type(self), {**to_dict(self), **changes})
 
+
+def _preset(method: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    """What ``method`` changes from the defaults; LAPO with ``quantizer: vq`` gets the LAPO paper's VQ."""
+    if method not in METHODS:
+        raise ConfigError(f"method: got {method!r}, expected one of {list(METHODS)}")
+    if method == "lapo" and overrides.get("quantizer") == "vq":
+        return {**_PAPER[method], **_LAPO_VQ}
+    return _PAPER[method]

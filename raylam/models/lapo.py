@@ -1,11 +1,17 @@
-"""LAPO: a quantized latent IDM trained through a pixel-space forward model.
+"""LAPO: a latent IDM trained through a pixel-space forward model.
 
     z   = Q(W gelu(enc_idm([o_t, o_t+k])))    IDM on the two observations stacked in channels
     o^  = dec([enc_fdm(o_t), reshape(P z)])   FDM with its own encoder, mirrored decoder, tanh
     loss = MSE(o^, o_t+1) + quantizer loss + probe losses
 
-Q is vector quantization by default (LAPO's own choice; see ``quantize.py``), or FSQ, or none.
-With ``max_offset: 1`` (the default for this method) o_t+k is o_t+1, as in LAPO.
+Two variants, picked by ``quantizer``:
+
+- ``none`` with ``max_offset: 10``, latent 8192 (``ModelConfig.paper("lapo")``): the LAPO baseline
+  as the LAOM paper ran it (dunnolab/laom ``train_lapo.py``): continuous z of (o_t, o_t+k) with
+  k ~ U{1..K} per sample, trained to reconstruct o_t+1 (all stacked frames, pixel MSE). Relabeling
+  (``latent_action``) reads (o_t, o_t+1), as its ``lam.label(obs, next_obs)``.
+- ``vq`` with ``max_offset: 1``, latent 128 (``paper("lapo", quantizer="vq")``): the LAPO paper's
+  quantised single-step latent, EMA codebooks shared by groups (see ``quantize.py``).
 """
 
 from __future__ import annotations
@@ -30,7 +36,8 @@ class LAPO(Method):
         c = config
         self.idm_encoder = make_encoder(c, in_channels=2 * c.in_channels)
         self.idm_out = nn.Linear(self.idm_encoder.feature_dim, c.latent_dim)
-        self.quantizer = build_quantizer(c.quantizer, c.latent_dim, c.vq_groups, c.vq_codes, c.vq_beta, c.fsq_levels)
+        self.quantizer = build_quantizer(c.quantizer, c.latent_dim, c.vq_groups, c.vq_codes, c.vq_beta,
+                                         c.fsq_levels, c.vq_codebooks, c.vq_ema_decay)
         self.fdm_encoder = make_encoder(c)
         self.map_shape = self.fdm_encoder.out_shape  # (C, h, w)
         self.action_proj = nn.Linear(c.latent_dim, self.fdm_encoder.feature_dim)
@@ -46,12 +53,12 @@ class LAPO(Method):
         return self.quantizer(z)
 
     def predict_next(self, obs: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
-        """(predicted o_t+1 as float [B, stack*C, H, W] in [-1, 1], FDM features of o_t)."""
+        """(predicted o_t+1 as float [B, stack*C, H, W] in [-1, 1], flattened FDM features of o_t)."""
         c, h, w = self.map_shape
         h_map = self.fdm_encoder(obs)
         z_map = self.action_proj(z).view(-1, h, w, c).permute(0, 3, 1, 2)  # channels_last-shaped
         pred = self.decoder(torch.cat([h_map, z_map.to(h_map.dtype)], dim=1))
-        return pred, h_map.permute(0, 2, 3, 1).flatten(1)
+        return pred, self.fdm_encoder.flatten(h_map)
 
     def forward(self, batch: Batch, labeled_batch: Batch | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         m = self.config.method
@@ -70,7 +77,7 @@ class LAPO(Method):
 
     @torch.no_grad()
     def latent_action(self, obs: Tensor, next_obs: Tensor) -> Tensor:
-        """Quantized z for (o_t, o_t+1): uint8 observations -> [B, latent_dim]."""
+        """z (quantized unless ``quantizer: none``) for (o_t, o_t+1): uint8 observations -> [B, latent_dim]."""
         return self.infer(to_float_image(obs), to_float_image(next_obs))[0]
 
     @torch.no_grad()
@@ -83,5 +90,5 @@ class LAPO(Method):
         obs = to_float_image(batch.obs)
         end = batch.future_obs if batch.future_obs is not None else batch.require("next_obs", self.config.method)
         z = self.infer(obs, to_float_image(end))[0]
-        features = self.fdm_encoder(obs).permute(0, 2, 3, 1).flatten(1)
+        features = self.fdm_encoder.features(obs)
         return self.probes.predictions(batch, latent=z, features=features) if self.probes is not None else {}

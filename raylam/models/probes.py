@@ -3,7 +3,8 @@
 Probes are trained inside ``loss`` on *detached* inputs, so they read the representation without
 shaping it: ``action`` maps the latent action z to the true action, ``state`` maps the encoder's
 features of o_t to the proprioceptive state. Their losses are added to the total (their own
-parameters learn; no gradient reaches the LAM).
+parameters learn; no gradient reaches the LAM), and ``Method.param_groups`` puts their parameters in
+a group of their own so the trainer keeps its lr constant, as the paper's separate probe Adam.
 """
 
 from __future__ import annotations

@@ -24,10 +24,14 @@ STAGE_METHODS = {
 class DataLoaderConfig:
     """How windows stream from shards to the workers."""
 
-    clips_per_task: int = spec(4, ge=1, help="clips decoded and windowed per Ray Data map task")
+    clips_per_task: int = spec(4, ge=1, help="clips decoded per Ray Data map task (and per block a worker takes)")
     read_cpus: float = spec(1.0, gt=0.0, help="CPUs per Ray Data decode task")
-    prefetch_batches: int = spec(2, ge=0, help="batches prefetched per worker")
-    local_shuffle_buffer: int = spec(0, ge=0, help="rows in each worker's shuffle buffer (0: off)")
+    prefetch_batches: int = spec(2, ge=0, help="blocks of clips prefetched per worker")
+    cache_bytes: int = spec(8 << 30, ge=0, help="a worker's share of the training split whose decoded frames fit "
+                                                "this budget is decoded once and kept on its device (i.i.d. "
+                                                "epochs, mid-epoch resume); bigger data streams every epoch")
+    pool_clips: int = spec(512, ge=1, help="streaming: clips each worker holds to draw batches from "
+                                           "(memory: pool_clips x clip_length frames; mixing grows with it)")
     shuffle_seed: int | None = spec(0, help="shard order seed (reshuffled every epoch); null: no shuffle")
     progress_bars: bool = spec(False, help="Ray Data's progress bars for the stage's datasets (relabel shows "
                                            "them regardless: it is one long pass)")
@@ -52,7 +56,12 @@ class TrainConfig:
     storage_path: str = spec("runs", help="where runs live: local directory or s3:// / gs:// URI")
     run_name: str | None = spec(None, help="run directory name; null: <experiment>-<stage>-<method>")
     lam_run: str | None = spec(None, help="relabel: run directory of the LAM (or IDM) to label with")
-    labels: str | None = spec(None, help="latent_bc/action_decoder: directory written by the relabel stage")
+    labels: str | None = spec(None, help="latent_bc: directory written by the relabel stage (action_decoder: "
+                                         "the LAM's z as inputs instead of the policy's outputs)")
+    policy_run: str | None = spec(None, help="action_decoder: the frozen latent-BC run whose outputs the decoder "
+                                             "learns to decode (the released protocol)")
+
+    seed: int = spec(0, ge=0, help="training seed: model init, future offsets k, batch sampling, augmentation")
 
     # scale
     num_workers: int = spec(1, ge=1, help="Ray Train workers (DDP ranks)")
@@ -65,8 +74,8 @@ class TrainConfig:
 
     # optimisation
     steps: int = spec(1000, ge=1, help="optimizer steps in total")
-    batch_size: int = spec(512, ge=1, help="windows per step per worker")
-    labeled_batch_size: int = spec(128, ge=1, help="labeled windows per step (laom_sup supervision)")
+    batch_size: int = spec(512, ge=1, help="windows per step, the whole job (each of N workers takes 1/N)")
+    labeled_batch_size: int = spec(128, ge=1, help="labeled windows per step (laom_sup), the whole job")
     precision: str = spec("fp32", choices=("fp32", "bf16"), help="bf16: autocast on the device")
     compile: bool = spec(False, help="torch.compile the model")
     data: DataLoaderConfig = spec(DataLoaderConfig())
@@ -99,5 +108,12 @@ class TrainConfig:
             )
         if self.stage == "relabel" and not self.lam_run:
             raise ConfigError("lam_run: stage relabel needs the run directory of a trained LAM or IDM")
-        if self.stage in ("latent_bc", "action_decoder") and not self.labels:
-            raise ConfigError(f"labels: stage {self.stage} needs the output directory of a relabel stage")
+        if self.stage == "latent_bc" and not self.labels:
+            raise ConfigError("labels: stage latent_bc needs the output directory of a relabel stage")
+        if self.stage == "action_decoder" and not (self.policy_run or self.labels):
+            raise ConfigError("policy_run: stage action_decoder needs the latent-BC run it decodes "
+                              "(or labels: a relabel stage, to decode the LAM's z instead)")
+        for name in ("batch_size", "labeled_batch_size"):
+            if getattr(self, name) % self.num_workers:
+                raise ConfigError(f"{name}: got {getattr(self, name)}, expected a multiple of num_workers "
+                                  f"({self.num_workers}): each worker takes an equal share of the job's batch")

@@ -13,7 +13,6 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Iterator
 
 import torch
 
@@ -53,10 +52,11 @@ def warmup_linear(step: int, total: int, warmup_fraction: float) -> float:
     return max(0.0, (total - step) / max(1, total - warmup))
 
 
-def save_checkpoint(directory: str, model: torch.nn.Module, optimizer, scheduler, step: int, meta: dict) -> None:
+def save_checkpoint(directory: str, model: torch.nn.Module, optimizer, scheduler, step: int, meta: dict,
+                    data_state: dict | None = None) -> None:
     torch.save(
         {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-         "scheduler": scheduler.state_dict(), "step": step},
+         "scheduler": scheduler.state_dict(), "step": step, "data": data_state or {}},
         os.path.join(directory, CHECKPOINT_FILE),
     )
     with open(os.path.join(directory, CHECKPOINT_META), "w") as f:
@@ -77,18 +77,12 @@ def load_model_from_directory(directory: str, device: str | torch.device = "cpu"
     return model.to(device).eval(), meta
 
 
-def _cycle(dataset, **kwargs) -> Iterator[dict]:
-    """Endless batches from a (small) labeled stream; a new pass starts when one ends."""
-    while True:
-        empty = True
-        for rows in dataset.iter_torch_batches(**kwargs):
-            empty = False
-            yield rows
-        if empty:
-            raise ValueError("the labeled stream holds no windows: check num_labeled and the dataset's labels")
-
-
 def train_loop_per_worker(config: dict) -> None:
+    """Ray Train's entry point: set up model, optimizer and data on this worker, then :func:`fit`.
+
+    Ray's touch points are all here: the worker context, ``prepare_model`` (DDP), the dataset
+    shards, ``get_checkpoint`` (restore) and, in :func:`_report`, ``report`` with checkpoints.
+    """
     import ray.train
     import ray.train.torch
 
@@ -96,17 +90,17 @@ def train_loop_per_worker(config: dict) -> None:
 
     cfg: TrainConfig = from_dict(TrainConfig, config["train"])
     dims = config["dims"]
-    torch.manual_seed(config.get("seed", 0) + ray.train.get_context().get_world_rank())
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
-    rank = ray.train.get_context().get_world_rank()
-    world = ray.train.get_context().get_world_size()
 
-    model = build_model(cfg.model, dims["action_dim"], dims["state_dim"]).to(device)
-    optimizer = torch.optim.Adam(model.trainable_parameters(), lr=cfg.model.lr,
-                                 fused=device.type == "cuda")
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: warmup_linear(s, cfg.steps, cfg.model.warmup_fraction))
-    step, resumed = 0, False
+    policy = None
+    if config.get("policy_run"):  # the decoder learns on what the frozen policy outputs when acting
+        from raylam.train.artifacts import load_run
+
+        policy, _, _ = load_run(config["policy_run"], device, expect_stages=("latent_bc",))
+    model, optimizer, scheduler = setup_model(cfg, dims, device, policy)
+    step, data_state, resumed = 0, None, False
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
@@ -114,71 +108,180 @@ def train_loop_per_worker(config: dict) -> None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        step, resumed = int(state["step"]), True
+        step, data_state, resumed = int(state["step"]), state.get("data"), True
+    # augmentation and any other global-RNG draw: its own stream per seed and rank
+    torch.manual_seed(hash_seed(cfg.seed, rank, 1))
 
+    data = WorkerData(cfg, config, rank, world, device, data_state)
     unwrapped = model
-    model = ray.train.torch.prepare_model(model, move_to_device=False,
-                                          parallel_strategy_kwargs={"find_unused_parameters": True})
-    forward = torch.compile(model) if cfg.compile else model
+    model = ray.train.torch.prepare_model(model, move_to_device=False)
     meta = {"stage": cfg.stage, "model": to_dict(cfg.model), "dataset": cfg.dataset,
-            "num_labeled": cfg.num_labeled, **dims}
-
-    loader = dict(batch_size=cfg.batch_size, prefetch_batches=cfg.data.prefetch_batches, drop_last=True,
-                  local_shuffle_buffer_size=cfg.data.local_shuffle_buffer or None)
-    train_shard = ray.train.get_dataset_shard("train")
-    labeled_shard = ray.train.get_dataset_shard("labeled") if "labeled" in config["datasets"] else None
-    labeled_iter = None if labeled_shard is None else _cycle(
-        labeled_shard, batch_size=cfg.labeled_batch_size, drop_last=False,
-        local_shuffle_buffer_size=cfg.data.local_shuffle_buffer or None)
-    heldout_shard = ray.train.get_dataset_shard("heldout") if "heldout" in config["datasets"] else None
+            "num_labeled": cfg.num_labeled, "seed": cfg.seed, **dims}
     writer = _tensorboard(config.get("tensorboard_dir")) if rank == 0 else None
     wandb_run = _wandb(cfg, config) if rank == 0 else None
-    autocast = dict(device_type=device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
 
-    epoch, window_start, window_samples = 0, time.perf_counter(), 0
-    model.train()
-    while step < cfg.steps:
-        for rows in train_shard.iter_torch_batches(**loader):
-            batch = rows_to_batch(rows, device)
-            labeled = None if labeled_iter is None else rows_to_batch(next(labeled_iter), device)
-            if cfg.fail_at_step is not None and step + 1 == cfg.fail_at_step and not resumed:
-                raise RuntimeError(f"test hook: injected failure at step {step + 1} (fail_at_step)")
-            with torch.autocast(**autocast):
-                loss, metrics = forward(batch, labeled)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.model.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(unwrapped.trainable_parameters(), cfg.model.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            unwrapped.after_step()
-            step += 1
-            window_samples += len(batch)
-            if step % cfg.report_every == 0 or step == cfg.steps:
-                elapsed = time.perf_counter() - window_start
-                values = {k: float(v) for k, v in metrics.items()}
-                values.update(loss=float(loss.detach()), step=step, epoch=epoch, lr=scheduler.get_last_lr()[0],
-                              samples_per_s=window_samples * world / elapsed)
-                if heldout_shard is not None and (step % cfg.eval_every == 0 or step == cfg.steps):
-                    values.update(_heldout_metrics(unwrapped, heldout_shard, cfg.batch_size, device))
-                _report(cfg, values, step, unwrapped, optimizer, scheduler, meta, rank, writer, wandb_run)
-                window_start, window_samples = time.perf_counter(), 0
-            if step >= cfg.steps:
-                break
-        epoch += 1
+    def report(values: dict, step: int) -> None:
+        if data.heldout is not None and (step % cfg.eval_every == 0 or step == cfg.steps):
+            values.update(_heldout_metrics(unwrapped, data, cfg))
+        _report(cfg, values, step, unwrapped, optimizer, scheduler, meta, rank, writer, wandb_run, data.state())
+
+    fit(model, unwrapped, optimizer, scheduler, data, cfg, device, world, step, report,
+        fail_at_step=None if resumed else cfg.fail_at_step)
     if writer is not None:
         writer.close()
     if wandb_run is not None:
         wandb_run.finish()
 
 
-def _heldout_metrics(model, shard, batch_size: int, device) -> dict[str, float]:
-    """Probe and head MSE/R^2 on held-out windows (every worker sees the whole, small, split)."""
-    batches = (rows_to_batch(rows, device) for rows in shard.iter_torch_batches(batch_size=batch_size))
+def setup_model(cfg, dims: dict, device, policy=None):
+    """(model, optimizer, scheduler) for a stage, the model's initial weights fixed by ``cfg.seed``
+    (the same on every rank). ``policy``: the frozen latent-BC policy an action decoder reads."""
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model, dims["action_dim"], dims["state_dim"]).to(device)
+    if policy is not None:
+        policy.eval().requires_grad_(False)
+        model.set_source(policy.act)
+    optimizer, scheduler = make_optimizer(model, cfg, device)
+    return model, optimizer, scheduler
+
+
+def hash_seed(*parts: int) -> int:
+    import numpy as np
+
+    return int(np.random.SeedSequence(list(parts)).generate_state(1, np.uint64)[0] >> 1)
+
+
+def make_optimizer(model, cfg, device):
+    """Adam over the model's parameter groups: the model's learning rate warms up and decays; probes
+    (the paper's diagnostic, their own optimiser in the released code) keep a constant rate."""
+    groups = model.param_groups() if hasattr(model, "param_groups") else [{"params": model.trainable_parameters()}]
+    groups = [g for g in groups if g["params"]]
+    optimizer = torch.optim.Adam([{"params": g["params"]} for g in groups], lr=cfg.model.lr,
+                                 fused=device.type == "cuda")
+    schedule = [(lambda s: 1.0) if g.get("constant_lr") else
+                (lambda s: warmup_linear(s, cfg.steps, cfg.model.warmup_fraction)) for g in groups]
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+
+
+class WorkerData:
+    """This worker's batches: windows cut on the device from decoded clips (raylam.train.sampling).
+
+    ``train``: cached (decoded once, then i.i.d. epochs over every transition, resumable mid-epoch)
+    when the trainer decided it fits ``data.cache_bytes``, else streamed through a pool of clips
+    every epoch. ``labeled`` (laom_sup): the labeled clips, decoded once and sampled i.i.d.
+    ``heldout``: decoded once, the same windows at every evaluation. Batch sizes are the job's,
+    divided by the number of workers.
+    """
+
+    def __init__(self, cfg, config: dict, rank: int, world: int, device, state: dict | None):
+        import ray.train
+
+        from raylam.train.sampling import ClipStore, EpochSampler, LabeledSampler
+
+        self.cfg, self.device, self.rank = cfg, device, rank
+        self.batch_size = cfg.batch_size // world
+        self.pin = device.type == "cuda"
+        m = cfg.model
+        self.common = dict(frame_stack=m.frame_stack, max_offset=m.max_offset)
+        self.shard = ray.train.get_dataset_shard("train")
+        self.cached = config.get("data_mode", "cache") == "cache"
+        self.epoch, self.sampler, self.labeled = 0, None, None
+        if self.cached:
+            store = ClipStore.from_batches(self._clips(self.shard), device, self.pin)
+            self.sampler = EpochSampler(store, self.batch_size, seed=(cfg.seed, rank, 2),
+                                        labeled_only=config.get("labeled_only", False), **self.common)
+            if state:
+                self.sampler.restore(state)
+        elif state:
+            self.epoch = int(state.get("epoch", 0))  # a stream restarts its pass; the epoch count goes on
+        if "labeled" in config["datasets"]:
+            store = ClipStore.from_batches(self._clips(ray.train.get_dataset_shard("labeled")), device, self.pin)
+            self.labeled = iter(LabeledSampler(store, cfg.labeled_batch_size // world, seed=(cfg.seed, rank, 3),
+                                               **self.common))
+        self.heldout = None
+        if "heldout" in config["datasets"]:
+            self.heldout = ClipStore.from_batches(self._clips(ray.train.get_dataset_shard("heldout")), device,
+                                                  self.pin)
+        self._train = iter(self._batches())
+
+    def _clips(self, shard):
+        return shard.iter_batches(batch_size=self.cfg.data.clips_per_task, batch_format="numpy",
+                                  prefetch_batches=self.cfg.data.prefetch_batches)
+
+    def _batches(self):
+        from raylam.train.sampling import StreamingPool
+
+        if self.cached:
+            yield from self.sampler
+        while True:
+            pool = StreamingPool(self._clips(self.shard), self.cfg.data.pool_clips, self.batch_size,
+                                 seed=(self.cfg.seed, self.rank, 4, self.epoch), device=self.device,
+                                 pin_memory=self.pin, **self.common)
+            empty = True
+            for batch in pool:
+                empty = False
+                yield batch
+            if empty:
+                raise ValueError("the training stream gave no batch: fewer transitions than one batch per worker")
+            self.epoch += 1
+
+    def next(self):
+        """(batch, labeled batch or None)."""
+        batch = next(self._train)
+        return batch, (None if self.labeled is None else next(self.labeled))
+
+    def state(self) -> dict:
+        return self.sampler.state() if self.cached else {"epoch": self.epoch}
+
+    @property
+    def current_epoch(self) -> int:
+        return self.sampler.epoch if self.cached else self.epoch
+
+
+def fit(model, unwrapped, optimizer, scheduler, data, cfg, device, world: int, step: int, report,
+        fail_at_step: int | None = None) -> int:
+    """The plain PyTorch loop: batch -> loss -> step, ``report(values, step)`` every ``report_every``."""
+    autocast = dict(device_type=device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
+    window_start, window_samples, waited = time.perf_counter(), 0, 0.0
+    model.train()
+    while step < cfg.steps:
+        t = time.perf_counter()
+        batch, labeled = data.next()
+        waited += time.perf_counter() - t
+        if fail_at_step is not None and step + 1 == fail_at_step:
+            raise RuntimeError(f"test hook: injected failure at step {step + 1} (fail_at_step)")
+        with torch.autocast(**autocast):
+            loss, metrics = model(batch, labeled)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.model.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(unwrapped.trainable_parameters(), cfg.model.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        unwrapped.after_step()
+        step += 1
+        window_samples += len(batch)
+        if step % cfg.report_every == 0 or step == cfg.steps:
+            elapsed = time.perf_counter() - window_start
+            values = {k: float(v) for k, v in metrics.items()}
+            values.update(loss=float(loss.detach()), step=step, epoch=data.current_epoch,
+                          lr=scheduler.get_last_lr()[0], samples_per_s=window_samples * world / elapsed,
+                          data_wait_fraction=waited / elapsed)
+            report(values, step)
+            window_start, window_samples, waited = time.perf_counter(), 0, 0.0
+    return step
+
+
+def _heldout_metrics(model, data, cfg) -> dict[str, float]:
+    """Probe and head MSE/R^2 on held-out windows (every worker holds the whole, small, split)."""
+    from raylam.train.sampling import fixed_windows
+
+    batches = fixed_windows(data.heldout, cfg.model.frame_stack, cfg.model.max_offset, cfg.eval_windows,
+                            data.batch_size)
     return {f"heldout/{name}": value for name, value in evaluate(model, batches).items()}
 
 
-def _report(cfg, values, step, model, optimizer, scheduler, meta, rank, writer, wandb_run) -> None:
+def _report(cfg, values, step, model, optimizer, scheduler, meta, rank, writer, wandb_run, data_state) -> None:
     import ray.train
 
     if writer is not None:
@@ -191,7 +294,7 @@ def _report(cfg, values, step, model, optimizer, scheduler, meta, rank, writer, 
         with tempfile.TemporaryDirectory() as directory:
             checkpoint = None
             if rank == 0:
-                save_checkpoint(directory, model, optimizer, scheduler, step, meta)
+                save_checkpoint(directory, model, optimizer, scheduler, step, meta, data_state)
                 checkpoint = ray.train.Checkpoint.from_directory(directory)
             ray.train.report(values, checkpoint=checkpoint)
     else:

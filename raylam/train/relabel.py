@@ -32,18 +32,19 @@ def _fixed_list(array: np.ndarray) -> pa.FixedSizeListArray:
 class Labeler:
     """Ray Data actor: loads the model once, then labels batches of windows."""
 
-    def __init__(self, lam_run: str, use_gpu: bool, precision: str):
+    def __init__(self, lam_run: str, use_gpu: bool):
         import torch
 
         self.torch = torch
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
         self.model, _, _ = load_run(lam_run, self.device, expect_stages=("lam", "idm"))
-        self.autocast = dict(device_type=self.device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
     def __call__(self, rows: dict[str, np.ndarray]) -> pa.Table:
         torch = self.torch
         batch = rows_to_batch({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in rows.items()}, self.device)
-        with torch.inference_mode(), torch.autocast(**self.autocast):
+        # fp32 whatever the training precision: the labels are regression targets (the released
+        # code labels outside autocast too)
+        with torch.inference_mode():
             z = self.model.latent_action(batch.obs, batch.next_obs).float().cpu().numpy()
         return pa.table({
             "episode": pa.array(rows["episode"], pa.int64()),
@@ -76,7 +77,7 @@ def relabel(cfg: TrainConfig, experiment: str = "raylam") -> dict:
                             num_cpus=cfg.data.read_cpus)
         labels = ds.map_batches(
             Labeler,
-            fn_constructor_kwargs={"lam_run": cfg.lam_run, "use_gpu": cfg.use_gpu, "precision": cfg.precision},
+            fn_constructor_kwargs={"lam_run": cfg.lam_run, "use_gpu": cfg.use_gpu},
             batch_size=cfg.batch_size, batch_format="numpy", num_gpus=gpus, num_cpus=0 if gpus else cfg.cpus_per_worker,
             compute=ray.data.ActorPoolStrategy(min_size=1, max_size=cfg.num_workers),
         )

@@ -12,7 +12,8 @@ import os
 from dataclasses import replace
 
 from raylam.config import to_dict
-from raylam.data.pipeline import DatasetInfo, WindowSpec, configure_data_context, window_dataset
+from raylam.data.clips import clip_dataset, decoded_bytes
+from raylam.data.pipeline import DatasetInfo, WindowSpec, configure_data_context
 from raylam.data.storage import resolve
 from raylam.train.artifacts import ARTIFACT, read_artifact
 from raylam.train.config import TrainConfig
@@ -25,23 +26,39 @@ def run_name(cfg: TrainConfig, experiment: str = "raylam") -> str:
     return f"{experiment}-{cfg.stage}-{cfg.model.method}"
 
 
+LABELED_STAGES = ("idm", "bc", "action_decoder")  # stages that train on labeled episodes only
+
+
 def stage_datasets(cfg: TrainConfig, info: DatasetInfo, labels: str | None = None) -> dict:
-    """The Ray Datasets a stage trains on: 'train' (split across workers) and optionally 'labeled'."""
+    """The Ray Datasets of decoded clips a stage reads: 'train' (split across workers), 'labeled'
+    (laom_sup: every worker holds it whole) and 'heldout' (evaluation)."""
     spec = WindowSpec(frame_stack=cfg.model.frame_stack, max_offset=cfg.model.max_offset,
                       num_labeled=cfg.num_labeled)
-    common = dict(clips_per_task=cfg.data.clips_per_task, shuffle_seed=cfg.data.shuffle_seed,
+    common = dict(clips_per_task=cfg.data.clips_per_task, shuffle_seed=_shuffle_seed(cfg),
                   num_cpus=cfg.data.read_cpus, labels=labels)
-    labeled_only = cfg.stage in ("idm", "bc", "action_decoder")
-    datasets = {"train": window_dataset(info, spec, labeled_only=labeled_only, **common)}
+    labeled_only = cfg.stage in LABELED_STAGES
+    datasets = {"train": clip_dataset(info, spec, labeled_only=labeled_only, **common)}
     if cfg.stage == "lam" and cfg.model.method == "laom_sup":
-        datasets["labeled"] = window_dataset(info, spec, labeled_only=True, **common)
+        datasets["labeled"] = clip_dataset(info, spec, labeled_only=True, **{**common, "shuffle_seed": None})
     if cfg.eval_every:
         if not info.manifest["splits"].get("heldout"):
             raise ValueError(f"eval_every is {cfg.eval_every}, but dataset {cfg.dataset} has no heldout split "
                              "(collect with collect.heldout_episodes > 0, or set eval_every: 0)")
-        ds = window_dataset(info, replace(spec, seed=0), split="heldout", **{**common, "shuffle_seed": None})
-        datasets["heldout"] = ds.limit(cfg.eval_windows) if cfg.eval_windows else ds
+        datasets["heldout"] = clip_dataset(info, spec, split="heldout", **{**common, "shuffle_seed": None})
     return datasets
+
+
+def _shuffle_seed(cfg: TrainConfig) -> int | None:
+    """Shard order: the data seed, varied with the training seed so seeds differ in order too."""
+    if cfg.data.shuffle_seed is None:
+        return None
+    return cfg.data.shuffle_seed + 1000 * cfg.seed
+
+
+def data_mode(cfg: TrainConfig, info: DatasetInfo) -> str:
+    """'cache' when one worker's share of the training clips, decoded, fits data.cache_bytes."""
+    share = decoded_bytes(info, "train", cfg.stage in LABELED_STAGES, cfg.num_labeled) / cfg.num_workers
+    return "cache" if share <= cfg.data.cache_bytes else "stream"
 
 
 def check_dataset(cfg: TrainConfig, info: DatasetInfo) -> dict:
@@ -54,7 +71,7 @@ def check_dataset(cfg: TrainConfig, info: DatasetInfo) -> dict:
     if shape[2] != cfg.model.frame_channels:
         raise ValueError(f"dataset {cfg.dataset} has {shape[2]} channels, model.frame_channels is {cfg.model.frame_channels}")
     info.labeled_episodes(cfg.num_labeled)  # raises if the budget exceeds the dataset's labels
-    if cfg.stage in ("idm", "bc", "action_decoder") or cfg.model.method == "laom_sup":
+    if cfg.stage in LABELED_STAGES or cfg.model.method == "laom_sup":
         if not info.labeled_episodes(cfg.num_labeled):
             raise ValueError(f"stage {cfg.stage} ({cfg.model.method}) needs labeled episodes; num_labeled is 0")
     return {"action_dim": info.manifest["action_dim"], "state_dim": info.manifest["state_dim"]}
@@ -91,7 +108,11 @@ def train(cfg: TrainConfig, experiment: str = "raylam", callbacks: list | None =
     requested = to_dict(cfg)  # before the labels adjust it: what a rerun of this stage would ask for
     info = DatasetInfo(cfg.dataset)
     labels = None
-    if cfg.stage in ("latent_bc", "action_decoder"):
+    if cfg.stage == "action_decoder" and cfg.policy_run:
+        policy = read_artifact(cfg.policy_run, expect_stages=("latent_bc",))
+        latent_dim = int(policy["config"]["model"]["latent_dim"])  # the policy's output size decides
+        cfg = replace(cfg, model=replace(cfg.model, latent_dim=latent_dim))
+    elif cfg.stage in ("latent_bc", "action_decoder"):
         relabeled = read_artifact(cfg.labels, expect_stages=("relabel",))
         labels = relabeled["labels"]
         if relabeled["latent_dim"] != cfg.model.latent_dim:  # the labels decide the latent size
@@ -109,6 +130,8 @@ def train(cfg: TrainConfig, experiment: str = "raylam", callbacks: list | None =
     datasets = stage_datasets(cfg, info, labels)
     loop_config = {
         "train": to_dict(cfg), "dims": dims, "datasets": sorted(datasets), "run_name": name,
+        "data_mode": data_mode(cfg, info), "labeled_only": cfg.stage in LABELED_STAGES,
+        "policy_run": cfg.policy_run if cfg.stage == "action_decoder" else None,
         "tensorboard_dir": os.path.join(run_dir.root, "tensorboard") if local else None,
         "wandb_dir": run_dir.root if local else None,
     }
