@@ -62,16 +62,17 @@ def decode_rgb24(data: bytes) -> np.ndarray:
 
 
 def cpu_seconds_of_ray() -> float:
-    """User+system CPU seconds of every Ray process on this machine (workers, raylet, GCS, store)."""
+    """User+system CPU seconds of the Ray processes this benchmark started (the driver's process tree:
+    GCS, raylet, object store, decode workers), so other Ray sessions on the machine do not count."""
     import psutil
 
     total = 0.0
-    for proc in psutil.process_iter(["name", "cmdline", "cpu_times"]):
-        cmd = " ".join(proc.info["cmdline"] or [])
-        if "ray" in (proc.info["name"] or "") or "ray/" in cmd or "ray::" in cmd:
-            t = proc.info["cpu_times"]
-            if t is not None:
-                total += t.user + t.system
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            t = proc.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += t.user + t.system + t.children_user + t.children_system
     return total
 
 

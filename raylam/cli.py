@@ -191,6 +191,9 @@ def main(argv: list[str] | None = None) -> int:
     # Ray Data logs every dataset execution at INFO; a training run executes its datasets every
     # epoch. Keep warnings (workers started by a local ray.init() inherit this; set it to INFO to see all).
     os.environ.setdefault("RAY_DATA_LOG_LEVEL", "WARNING")
+    # Ray Train's controller polls its workers every 2 s by default, which every stage pays at start
+    # and at the end; 0.5 s costs nothing measurable and a pipeline of 16 stages saves ~1 min.
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

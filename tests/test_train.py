@@ -138,7 +138,7 @@ def test_lapo_stage_and_relabel_with_quantized_latents(ray_local, synthetic, tmp
 
     dataset, manifest = synthetic
     runs = tmp_path / "runs"
-    lapo = ModelConfig.small("lapo", max_offset=1, augment=False)
+    lapo = ModelConfig.small("lapo", quantizer="vq", max_offset=1, augment=False)  # the LAPO paper's variant
     result = train(train_config(dataset, runs, run_name="lapo", model=to_dict(lapo), steps=2, keep_checkpoints=1))
     assert np.isfinite(result.metrics["loss"])
     assert len([p for p in (runs / "lapo").glob("checkpoint_*") if p.is_dir()]) == 1  # keep_checkpoints

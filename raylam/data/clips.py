@@ -62,7 +62,7 @@ class DecodeClips:
             return self._empty()
         return {name: np.stack([r[name] for r in rows]) for name in rows[0]}
 
-    def _empty(self) -> dict[str, np.ndarray]:
+    def _empty(self):
         t = self.clip_length
         out = {"frames": np.zeros((0, t, *self.shapes["frames"]), np.uint8),
                "actions": np.zeros((0, t, *self.shapes["actions"]), np.float32),
@@ -72,7 +72,13 @@ class DecodeClips:
         out["labeled"] = np.zeros(0, np.bool_)
         if self.labels is not None:
             out["latents"] = np.zeros((0, t, self.labels.dim or 0), np.float32)
-        return out
+        # built as Arrow tensors here: Ray Data cannot infer a tensor type from zero rows and would
+        # fall back to pickled objects, a schema the other blocks do not have
+        import pyarrow as pa
+        from ray.data.extensions.tensor_extension import ArrowTensorArray
+
+        return pa.table({name: ArrowTensorArray.from_numpy(a, column_name=name) if a.ndim > 1 else pa.array(a)
+                         for name, a in out.items()})
 
     def _row(self, members, i: int, meta: dict, labeled: bool, where: str) -> dict[str, np.ndarray]:
         if members.get("frames.mp4") is not None and members["frames.mp4"][i] is not None:

@@ -17,12 +17,9 @@ import numpy as np
 from raylam import __version__
 from raylam.config import to_dict
 from raylam.data.config import CollectConfig
+from raylam.data.manifest import FORMAT, MANIFEST, PLAN
 from raylam.data.shards import Clip, clip_key, clip_starts, encode_clip, write_tar
 from raylam.data.storage import Location, resolve
-
-MANIFEST = "manifest.json"
-PLAN = "collect_config.json"
-FORMAT = "raylam-webdataset/1"
 
 
 @dataclass(frozen=True)

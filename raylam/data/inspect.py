@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from raylam.data.collect import FORMAT, MANIFEST
+from raylam.data.manifest import load_manifest
 from raylam.data.shards import Clip, HashingStream, ShardError, decode_sample, iter_tar_samples
 from raylam.data.storage import Location, resolve
 
@@ -55,17 +55,6 @@ class InspectReport:
             lines.append(f"  {len(self.problems)} problem(s):")
             lines += [f"  - {p}" for p in self.problems]
         return "\n".join(lines)
-
-
-def load_manifest(location: Location) -> dict[str, Any]:
-    if not location.exists(MANIFEST):
-        raise FileNotFoundError(
-            f"{location.url(MANIFEST)} does not exist: not a raylam dataset, or its collection has not finished"
-        )
-    manifest = location.read_json(MANIFEST)
-    if manifest.get("format") != FORMAT:
-        raise ValueError(f"{location.url(MANIFEST)}: format {manifest.get('format')!r}, expected {FORMAT!r}")
-    return manifest
 
 
 def check_clip(clip: Clip, manifest: dict, labeled: set[str], where: str) -> list[str]:

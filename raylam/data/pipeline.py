@@ -1,10 +1,10 @@
-"""Ray Data streaming of training windows from WebDataset shards.
+"""Dataset access shared by every reader, and the window stream of one-pass batch inference.
 
-read_webdataset (one read task per tar, shard order reshuffled every epoch) -> ``map_batches``
-that decodes clips and cuts their windows (CPU tasks: decoding never runs on a GPU worker) ->
-rows of uint8 frame stacks. Nothing is materialised: each epoch re-executes the stream, clips are
-decoded, windowed and dropped. Splitting across Train workers and the local shuffle buffer are
-Ray Train's (``DataConfig`` / ``iter_torch_batches``).
+``DatasetInfo`` (manifest, shard URLs, label budget) and ``WindowSpec`` serve training too; the
+window stream (read_webdataset -> ``map_batches`` that decodes clips and cuts every window in CPU
+tasks) feeds relabeling and the probes, which visit each transition once with a frozen model.
+Training does not use it: its clips travel whole and windows are cut on the training device
+(:mod:`raylam.data.clips`, :mod:`raylam.train.sampling`).
 """
 
 from __future__ import annotations
@@ -14,8 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from raylam.data.collect import MANIFEST
-from raylam.data.inspect import load_manifest
+from raylam.data.manifest import MANIFEST, load_manifest
 from raylam.data.shards import decode_sample
 from raylam.data.storage import resolve
 from raylam.data.windows import clip_windows, required_overlap

@@ -143,6 +143,9 @@ def _evaluate_root(cfg: EvalConfig, run_root: str, seed: int, strict: bool, data
             raise ValueError(f"evaluate: {m.name}'s run {runs['policy'] or runs['lam']} was trained with seed "
                              f"{trained}, but it lives in the run root of seed {seed} ({run_root})")
         row = _row(m.name, {k: v for k, v in runs.items() if v}, artifact, info, trained)
+        if runs["lam"]:  # the paper's diagnostic: the probes trained beside the LAM (own optimizer, constant lr)
+            metrics = read_artifact(runs["lam"]).get("metrics", {})
+            row["training_probe"] = {k: v for k, v in metrics.items() if "probe" in k or k.startswith("heldout/")}
         if probes and cfg.probe.enabled and runs["lam"]:
             from raylam.eval.probes import probe_run
 

@@ -188,7 +188,8 @@ def table_rows(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
     settings = _settings(rows)
     several = _several_data(rows)
     header = ["method", "task"] + (["data"] if several else []) + ["labeled", "seeds", "action probe MSE",
-                                                                  "action probe R²", "state probe R²"]
+                                                                  "action probe R²", "state probe R²",
+                                                                  "in-training action probe R²"]
     header += [f"normalized return ({condition_label(s, rows)})" for s in settings]
     lines = []
     for group in group_rows(rows):
@@ -200,7 +201,8 @@ def table_rows(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
                   "—" if all(s is None for s in seeds) else ", ".join("—" if s is None else str(s) for s in seeds),
                   _stat([_probe_value(r, "action", "mse") for r in group], 4),
                   _stat([_probe_value(r, "action", "r2") for r in group], 3),
-                  _stat([_probe_value(r, "state", "r2") for r in group], 3)]
+                  _stat([_probe_value(r, "state", "r2") for r in group], 3),
+                  _stat([(r.get("training_probe") or {}).get("heldout/probe/action/r2") for r in group], 3)]
         cells += [_return_cell(group, s) for s in settings]
         lines.append(cells)
     return header, lines
@@ -374,7 +376,9 @@ def _caption(results: dict) -> str:
     seeds = seeds_of(rows)
     several = any(len(g) > 1 for g in group_rows(rows))
     parts = [f"Training seeds: {len(seeds)} ({', '.join(map(str, seeds))})." if seeds else "Training seeds: —.",
-             "Probes: ridge regression fitted on training episodes, scored on held-out episodes (R² = 1 − SSE/SST)."]
+             "Probes: ridge regression fitted on training episodes, scored on held-out episodes (R² = 1 − SSE/SST). "
+             "In-training probe: the paper's diagnostic, a linear probe on z(o_t, o_t+k) trained beside the LAM "
+             "(its own constant learning rate), scored on held-out windows at the end of training."]
     rollout = (results.get("config") or {}).get("rollout") or {}
     splits = rollout.get("background_splits") or ([rollout["background_split"]] if rollout.get("background_split")
                                                   else [])

@@ -69,6 +69,9 @@ class TrainConfig:
     gpus_per_worker: float = spec(1.0, gt=0.0, help="GPUs per worker when use_gpu; fractions share a GPU "
                                                     "between runs (one worker per run: DDP ranks cannot share one)")
     cpus_per_worker: float = spec(1.0, gt=0.0)
+    threads_per_worker: int | None = spec(None, ge=1, help="torch threads in each worker; null: Ray's default "
+                                                          "(cpus_per_worker). On a CPU node with a cached dataset the "
+                                                          "decode CPUs are idle after the first pass: give them to torch")
     resources_per_worker: dict[str, float] = spec({}, help="extra (custom) resources each worker needs, e.g. "
                                                           "{accelerator_type:H100: 0.001} or a node label resource")
 

@@ -93,6 +93,8 @@ def train_loop_per_worker(config: dict) -> None:
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
+    if cfg.threads_per_worker:
+        torch.set_num_threads(cfg.threads_per_worker)
 
     policy = None
     if config.get("policy_run"):  # the decoder learns on what the frozen policy outputs when acting
@@ -254,8 +256,8 @@ def fit(model, unwrapped, optimizer, scheduler, data, cfg, device, world: int, s
             loss, metrics = model(batch, labeled)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if cfg.model.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(unwrapped.trainable_parameters(), cfg.model.grad_clip)
+        if cfg.model.grad_clip is not None:  # the model's parameters, not the probes' (as released)
+            torch.nn.utils.clip_grad_norm_(optimizer.param_groups[0]["params"], cfg.model.grad_clip)
         optimizer.step()
         scheduler.step()
         unwrapped.after_step()
