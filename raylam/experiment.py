@@ -63,13 +63,14 @@ class ExperimentConfig:
         return list(self.seeds) if self.seeds is not None else [self.train.seed]
 
     def seed_root(self, seed: int | None = None) -> str:
-        """Where the runs of training seed ``seed`` (default: the first) live: the run root when the
-        experiment has one seed, ``<run root>/seed<k>`` when it has several."""
+        """Where the runs of training seed ``seed`` (default: the first) live: ``<run root>/seed<k>``
+        whenever the experiment names its ``seeds`` (so ``--seeds 0`` finds seed 0 of a 3-seed run), the
+        run root itself when it has only ``train.seed``."""
         seeds = self.seed_list()
         seed = seeds[0] if seed is None else seed
         if seed not in seeds:
             raise ConfigError(f"seed {seed} is not one of this experiment's seeds {seeds}")
-        return self.run_root() if len(seeds) == 1 else f"{self.run_root()}/seed{seed}"
+        return self.run_root() if self.seeds is None else f"{self.run_root()}/seed{seed}"
 
     def seed_roots(self) -> dict[int, str]:
         """``{training seed: its run root}`` for every seed, in order."""

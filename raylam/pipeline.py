@@ -28,7 +28,19 @@ def stage_is_done(cfg) -> bool:
         artifact = run_dir.read_json(ARTIFACT)
     except ValueError:  # a damaged artifact: train again
         return False
-    return artifact.get("requested_config") == to_dict(cfg)
+    return with_defaults(artifact.get("requested_config") or {}, to_dict(type(cfg)())) == to_dict(cfg)
+
+
+def with_defaults(recorded: dict, defaults: dict) -> dict:
+    """``recorded`` with the keys it lacks taken from ``defaults`` (nested): a config field added to
+    raylam after a run, at its default, does not make that run stale."""
+    out = dict(recorded)
+    for key, value in defaults.items():
+        if key not in out:
+            out[key] = value
+        elif isinstance(value, dict) and isinstance(out[key], dict):
+            out[key] = with_defaults(out[key], value)
+    return out
 
 
 def select_methods(exp: ExperimentConfig, methods: list[str] | None) -> list[int]:

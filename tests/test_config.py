@@ -114,6 +114,8 @@ def test_seeds_give_each_seed_its_run_root():
     assert three.stage(2).seed == 0 and three.eval_output() == "runs/quickstart/eval"
     moved = load_experiment(QUICKSTART, ["train.seed=3"])  # one seed, set through train: flat layout
     assert moved.seed_list() == [3] and moved.stage(0).seed == 3 and moved.stage(0).storage_path == "runs/quickstart"
+    # one seed of a several-seed experiment (`--seeds 0`) is where the several-seed run put it
+    assert load_experiment(QUICKSTART, ["seeds=[0]"]).seed_roots() == {0: "runs/quickstart/seed0"}
 
 
 @pytest.mark.parametrize("override, message", [

@@ -30,6 +30,9 @@ class DataLoaderConfig:
     cache_bytes: int = spec(8 << 30, ge=0, help="a worker's share of the training split whose decoded frames fit "
                                                 "this budget is decoded once and kept on its device (i.i.d. "
                                                 "epochs, mid-epoch resume); bigger data streams every epoch")
+    share_bytes: int = spec(2 << 30, ge=0, help="cached stages: clip sets whose decoded frames fit this budget are "
+                                                "decoded once per driver into the object store and shared by "
+                                                "every later stage that reads them (0: decode per stage)")
     pool_clips: int = spec(512, ge=1, help="streaming: clips each worker holds to draw batches from "
                                            "(memory: pool_clips x clip_length frames; mixing grows with it)")
     shuffle_seed: int | None = spec(0, help="shard order seed (reshuffled every epoch); null: no shuffle")
@@ -93,6 +96,8 @@ class TrainConfig:
     max_failures: int = spec(2, ge=0, help="worker failures survived by restoring the last checkpoint")
     wandb: WandbConfig = spec(WandbConfig())
     fail_at_step: int | None = spec(None, ge=1, help="test hook: raise once at this step (never on a resumed run)")
+    step_delay_s: float = spec(0.0, ge=0.0, help="test hook: sleep after every step (a slow GPU step on tiny data, so "
+                                                 "a failure can land mid-run)")
 
     def validate(self) -> None:
         allowed = STAGE_METHODS[self.stage]

@@ -88,6 +88,7 @@ def train_loop_per_worker(config: dict) -> None:
 
     from raylam.train.config import TrainConfig
 
+    entered = time.time()  # wall clock, comparable with the driver's: where a stage's fixed cost goes
     cfg: TrainConfig = from_dict(TrainConfig, config["train"])
     dims = config["dims"]
     context = ray.train.get_context()
@@ -115,6 +116,7 @@ def train_loop_per_worker(config: dict) -> None:
     torch.manual_seed(hash_seed(cfg.seed, rank, 1))
 
     data = WorkerData(cfg, config, rank, world, device, data_state)
+    timing = {"timing/loop_start_unix": entered, "timing/setup_s": time.time() - entered}
     unwrapped = model
     model = ray.train.torch.prepare_model(model, move_to_device=False)
     meta = {"stage": cfg.stage, "model": to_dict(cfg.model), "dataset": cfg.dataset,
@@ -123,6 +125,7 @@ def train_loop_per_worker(config: dict) -> None:
     wandb_run = _wandb(cfg, config) if rank == 0 else None
 
     def report(values: dict, step: int) -> None:
+        values.update(timing)
         if data.heldout is not None and (step % cfg.eval_every == 0 or step == cfg.steps):
             values.update(_heldout_metrics(unwrapped, data, cfg))
         _report(cfg, values, step, unwrapped, optimizer, scheduler, meta, rank, writer, wandb_run, data.state())
@@ -262,6 +265,8 @@ def fit(model, unwrapped, optimizer, scheduler, data, cfg, device, world: int, s
         scheduler.step()
         unwrapped.after_step()
         step += 1
+        if cfg.step_delay_s:
+            time.sleep(cfg.step_delay_s)
         window_samples += len(batch)
         if step % cfg.report_every == 0 or step == cfg.steps:
             elapsed = time.perf_counter() - window_start

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import time
 from dataclasses import replace
 
 from raylam.config import to_dict
@@ -37,15 +38,39 @@ def stage_datasets(cfg: TrainConfig, info: DatasetInfo, labels: str | None = Non
     common = dict(clips_per_task=cfg.data.clips_per_task, shuffle_seed=_shuffle_seed(cfg),
                   num_cpus=cfg.data.read_cpus, labels=labels)
     labeled_only = cfg.stage in LABELED_STAGES
-    datasets = {"train": clip_dataset(info, spec, labeled_only=labeled_only, **common)}
+    streamed = data_mode(cfg, info) == "stream"
+
+    def clips(split: str, only_labeled: bool, shuffled: bool):
+        if streamed or decoded_bytes(info, split, only_labeled, cfg.num_labeled) > cfg.data.share_bytes:
+            return clip_dataset(info, spec, split, only_labeled, **{**common, "shuffle_seed": common["shuffle_seed"]
+                                                                     if shuffled else None})
+        return shared_clips(info, spec, split, only_labeled, common)
+
+    datasets = {"train": clips("train", labeled_only, True)}
     if cfg.stage == "lam" and cfg.model.method == "laom_sup":
-        datasets["labeled"] = clip_dataset(info, spec, labeled_only=True, **{**common, "shuffle_seed": None})
+        datasets["labeled"] = clips("train", True, False)
     if cfg.eval_every:
         if not info.manifest["splits"].get("heldout"):
             raise ValueError(f"eval_every is {cfg.eval_every}, but dataset {cfg.dataset} has no heldout split "
                              "(collect with collect.heldout_episodes > 0, or set eval_every: 0)")
-        datasets["heldout"] = clip_dataset(info, spec, split="heldout", **{**common, "shuffle_seed": None})
+        datasets["heldout"] = clips("heldout", False, False)
     return datasets
+
+
+_SHARED: dict[tuple, object] = {}
+
+
+def shared_clips(info: DatasetInfo, spec: WindowSpec, split: str, labeled_only: bool, common: dict):
+    """Decoded clips materialized once in the object store and reused by every later stage of this
+    driver that reads the same clips (a pipeline's 16 stages read three or four distinct sets), so a
+    stage skips decoding; the cached path's samplers shuffle, so the order here does not matter."""
+    import ray
+
+    key = (ray.get_runtime_context().get_job_id(), info.uri, split, labeled_only, spec.num_labeled,
+           spec.frame_stack, spec.max_offset, common["labels"])
+    if key not in _SHARED:
+        _SHARED[key] = clip_dataset(info, spec, split, labeled_only, **{**common, "shuffle_seed": None}).materialize()
+    return _SHARED[key]
 
 
 def _shuffle_seed(cfg: TrainConfig) -> int | None:
@@ -92,6 +117,17 @@ def _warn_if_no_cpu_for_data(cfg: TrainConfig) -> None:
         )
 
 
+def _timings(metrics: dict, fit_start: float, fit_s: float) -> dict:
+    """Where the stage's wall time went: Ray Train's start (controller, worker group, until the loop
+    runs), the worker's setup (model, data decode/caching), and the rest (steps, evaluation, teardown)."""
+    out = {"fit_s": round(fit_s, 2)}
+    if "timing/loop_start_unix" in metrics:
+        out["start_s"] = round(metrics["timing/loop_start_unix"] - fit_start, 2)
+        out["setup_s"] = round(metrics["timing/setup_s"], 2)
+        out["loop_and_teardown_s"] = round(fit_s - out["start_s"] - out["setup_s"], 2)
+    return out
+
+
 def train(cfg: TrainConfig, experiment: str = "raylam", callbacks: list | None = None):
     """Run one stage on the current Ray cluster: a TorchTrainer run (returns its ``ray.train.Result``),
     or, for ``relabel``, batch inference (returns the relabel artifact).
@@ -131,7 +167,9 @@ def train(cfg: TrainConfig, experiment: str = "raylam", callbacks: list | None =
     loop_config = {
         "train": to_dict(cfg), "dims": dims, "datasets": sorted(datasets), "run_name": name,
         "data_mode": data_mode(cfg, info), "labeled_only": cfg.stage in LABELED_STAGES,
-        "policy_run": cfg.policy_run if cfg.stage == "action_decoder" else None,
+        # absolute: Ray Train runs the loop in a directory of its own, where a relative path means nothing
+        "policy_run": resolve(cfg.policy_run).url("").rstrip("/") if cfg.stage == "action_decoder" and cfg.policy_run
+        else None,
         "tensorboard_dir": os.path.join(run_dir.root, "tensorboard") if local else None,
         "wandb_dir": run_dir.root if local else None,
     }
@@ -153,7 +191,9 @@ def train(cfg: TrainConfig, experiment: str = "raylam", callbacks: list | None =
                                                checkpoint_score_order="max"),
         ),
     )
+    fit_start = time.time()
     result = trainer.fit()
+    fit_s = time.time() - fit_start
     if result.checkpoint is None:
         raise RuntimeError(f"run {name} finished without a checkpoint")
     run_dir.makedirs()
@@ -164,6 +204,7 @@ def train(cfg: TrainConfig, experiment: str = "raylam", callbacks: list | None =
         "dataset": cfg.dataset,
         "num_labeled": cfg.num_labeled,
         "metrics": {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))},
+        "timings": _timings(result.metrics or {}, fit_start, fit_s),
         "config": to_dict(cfg),
         "requested_config": requested,
         "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
