@@ -135,13 +135,13 @@ def main(out: Path) -> int:
             "name": "multinode",
             "train": {"dataset": dataset, "storage_path": str(out / "runs"),
                       "model": to_dict(ModelConfig.small("laom_sup", latent_dim=16)),
-                      "steps": 6, "batch_size": 16, "labeled_batch_size": 8, "report_every": 2,
+                      "steps": 10, "batch_size": 16, "labeled_batch_size": 8, "report_every": 2,
                       "checkpoint_every": 2, "eval_every": 2, "eval_windows": 32, "keep_checkpoints": 100,
                       "num_workers": 2, "cpus_per_worker": 0.5, "resources_per_worker": {"slot": 1},
                       "max_failures": 3, "data": {"clips_per_task": 2, "read_cpus": 0.5},
                       # windows come from a cache after one decode pass, so 6 tiny steps take well under a
                       # second: give each step the time of a real one, so the node loss lands mid-run
-                      "step_delay_s": 1.5},
+                      "step_delay_s": 2.0},
             "stages": [{"run_name": "laom_sup", "stage": "lam", "model": {"method": "laom_sup"}}],
         })
         cfg = from_dict(TuneConfig, {

@@ -183,4 +183,6 @@ def read_clips_local(info: DatasetInfo, spec: WindowSpec, split: str = "train", 
             for member in CLIP_MEMBERS:
                 if all(member in s for s in chunk):
                     batch[member] = np.array([s[member] for s in chunk], dtype=object)
-            yield decode(batch)
+            decoded = decode(batch)
+            if isinstance(decoded, dict):  # an Arrow table here is the zero-row case: nothing to yield
+                yield decoded
