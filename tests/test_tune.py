@@ -108,7 +108,9 @@ def sweep(ray_local, synthetic, tmp_path_factory):
     run costs ~30 s of start-up on the CI machine: the >= 4-trial quickstart sweep is run by hand.)"""
     storage = tmp_path_factory.mktemp("sweeps")
     exp = experiment(synthetic, storage)
-    cfg = tune_config(fixed={"fail_at_step": 3, "max_failures": 0}, num_samples=1)
+    # step_delay_s: cached windows make these tiny steps take milliseconds; a step of real length lets
+    # ASHA's stop reach the run before it has finished all its steps
+    cfg = tune_config(fixed={"fail_at_step": 3, "max_failures": 0, "step_delay_s": 2.0}, num_samples=1)
     first = run_tune(exp, cfg)
     with pytest.raises(ConfigError, match="pass --resume"):
         run_tune(exp, cfg)
