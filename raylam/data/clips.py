@@ -20,8 +20,8 @@ import json
 
 import numpy as np
 
-from raylam.data.pipeline import DatasetInfo, EpisodeLabels, WindowSpec
-from raylam.data.shards import ShardError, _npy_load, decode_frames_mp4
+from raylam.data.pipeline import DatasetInfo, EpisodeLabels, WindowSpec, read_shards
+from raylam.data.shards import ShardError, _npy_load, clip_starts, decode_frames_mp4
 from raylam.data.windows import owned_ranges
 
 # Members a training clip needs; physics and rewards are never read (``suffixes`` skips them in the read task).
@@ -136,14 +136,7 @@ def clip_dataset(info: DatasetInfo, spec: WindowSpec, split: str = "train", labe
                  clips_per_task: int = 4, shuffle_seed: int | None = 0, num_cpus: float = 1.0,
                  labels: str | None = None):
     """A streaming Ray Dataset of decoded clips (one row per clip) of the ``split`` shards of ``info``."""
-    import ray
-    from ray.data import FileShuffleConfig
-
-    info.check_windows(spec)
-    urls = info.shard_urls(split, labeled_only, spec.num_labeled)
-    shuffle = None if shuffle_seed is None else FileShuffleConfig(seed=shuffle_seed, reseed_after_execution=True)
-    ds = ray.data.read_webdataset(urls, decoder=None, shuffle=shuffle, include_paths=False, num_cpus=num_cpus,
-                                  suffixes=CLIP_MEMBERS)
+    ds = read_shards(info, spec, split, labeled_only, shuffle_seed, num_cpus, suffixes=CLIP_MEMBERS)
     decode = DecodeClips(spec, info.manifest, info.labeled_episodes(spec.num_labeled), labeled_only, labels)
     return ds.map_batches(decode, batch_size=clips_per_task, batch_format="numpy", num_cpus=num_cpus)
 
@@ -154,8 +147,8 @@ def decoded_bytes(info: DatasetInfo, split: str = "train", labeled_only: bool = 
     names = set(info.manifest["splits"].get(split, []))
     labeled = set(info.labeled_episodes(num_labeled))
     clips = 0
-    per_episode = len(owned_ranges(info.manifest["episode_length"], info.manifest["clip_length"],
-                                   info.manifest["overlap"], 1, 1))
+    per_episode = len(clip_starts(info.manifest["episode_length"], info.manifest["clip_length"],
+                                  info.manifest["overlap"]))
     for shard in info.manifest["shards"]:
         if shard["name"] not in names:
             continue

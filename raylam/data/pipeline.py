@@ -153,10 +153,10 @@ def configure_data_context(progress: bool) -> None:
     ctx.print_on_execution_start = progress
 
 
-def window_dataset(info: DatasetInfo, spec: WindowSpec, split: str = "train", labeled_only: bool = False,
-                   clips_per_task: int = 4, shuffle_seed: int | None = 0, num_cpus: float = 1.0,
-                   labels: str | None = None):
-    """A streaming Ray Dataset of windows from the ``split`` shards of ``info``."""
+def read_shards(info: DatasetInfo, spec: WindowSpec, split: str, labeled_only: bool, shuffle_seed: int | None,
+                num_cpus: float, suffixes: list[str] | None = None):
+    """The raw samples of the ``split`` shards (``suffixes``: only those members), shard order
+    reshuffled every epoch unless ``shuffle_seed`` is None; fails early on windows the clips cannot hold."""
     import ray
     from ray.data import FileShuffleConfig
 
@@ -165,7 +165,15 @@ def window_dataset(info: DatasetInfo, spec: WindowSpec, split: str = "train", la
     shuffle = None if shuffle_seed is None else FileShuffleConfig(seed=shuffle_seed, reseed_after_execution=True)
     # read tasks get the same CPU share as the decode tasks (Ray Data's default is a whole CPU each,
     # which a trial sharing a small node with others may never get)
-    ds = ray.data.read_webdataset(urls, decoder=None, shuffle=shuffle, include_paths=False, num_cpus=num_cpus)
+    return ray.data.read_webdataset(urls, decoder=None, shuffle=shuffle, include_paths=False, num_cpus=num_cpus,
+                                    suffixes=suffixes)
+
+
+def window_dataset(info: DatasetInfo, spec: WindowSpec, split: str = "train", labeled_only: bool = False,
+                   clips_per_task: int = 4, shuffle_seed: int | None = 0, num_cpus: float = 1.0,
+                   labels: str | None = None):
+    """A streaming Ray Dataset of windows from the ``split`` shards of ``info``."""
+    ds = read_shards(info, spec, split, labeled_only, shuffle_seed, num_cpus)
     make_windows = ClipsToWindows(spec, info.manifest["clip_length"], info.manifest["overlap"],
                                   info.labeled_episodes(spec.num_labeled), labeled_only, labels)
     return ds.map_batches(make_windows, batch_size=clips_per_task, batch_format="numpy", num_cpus=num_cpus)

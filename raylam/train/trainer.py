@@ -35,15 +35,14 @@ def stage_datasets(cfg: TrainConfig, info: DatasetInfo, labels: str | None = Non
     (laom_sup: every worker holds it whole) and 'heldout' (evaluation)."""
     spec = WindowSpec(frame_stack=cfg.model.frame_stack, max_offset=cfg.model.max_offset,
                       num_labeled=cfg.num_labeled)
-    common = dict(clips_per_task=cfg.data.clips_per_task, shuffle_seed=_shuffle_seed(cfg),
-                  num_cpus=cfg.data.read_cpus, labels=labels)
+    common = dict(clips_per_task=cfg.data.clips_per_task, num_cpus=cfg.data.read_cpus, labels=labels)
     labeled_only = cfg.stage in LABELED_STAGES
     streamed = data_mode(cfg, info) == "stream"
 
     def clips(split: str, only_labeled: bool, shuffled: bool):
         if streamed or decoded_bytes(info, split, only_labeled, cfg.num_labeled) > cfg.data.share_bytes:
-            return clip_dataset(info, spec, split, only_labeled, **{**common, "shuffle_seed": common["shuffle_seed"]
-                                                                     if shuffled else None})
+            return clip_dataset(info, spec, split, only_labeled, **common,
+                                shuffle_seed=_shuffle_seed(cfg) if shuffled else None)
         return shared_clips(info, spec, split, only_labeled, common)
 
     datasets = {"train": clips("train", labeled_only, True)}
@@ -69,7 +68,7 @@ def shared_clips(info: DatasetInfo, spec: WindowSpec, split: str, labeled_only: 
     key = (ray.get_runtime_context().get_job_id(), info.uri, split, labeled_only, spec.num_labeled,
            spec.frame_stack, spec.max_offset, common["labels"])
     if key not in _SHARED:
-        _SHARED[key] = clip_dataset(info, spec, split, labeled_only, **{**common, "shuffle_seed": None}).materialize()
+        _SHARED[key] = clip_dataset(info, spec, split, labeled_only, **common, shuffle_seed=None).materialize()
     return _SHARED[key]
 
 
