@@ -18,7 +18,83 @@ def ray_local():
     import ray
 
     if not ray.is_initialized():
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-                 runtime_env={"env_vars": {"MUJOCO_GL": os.environ["MUJOCO_GL"]}})
+        init_local_ray()
     yield ray
     ray.shutdown()
+
+
+def init_local_ray() -> None:
+    """The tests' local Ray: 2 CPUs, quiet; its processes inherit this process's environment."""
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"MUJOCO_GL": os.environ["MUJOCO_GL"]}})
+
+
+@pytest.fixture(scope="module")
+def ray_with_s3(s3_server, ray_local):
+    """The local Ray restarted after the S3 server, so every Ray process can reach it; the tests'
+    usual Ray comes back afterwards. Yields the bucket factory."""
+    ray_local.shutdown()
+    init_local_ray()
+    yield s3_server
+    ray_local.shutdown()
+    init_local_ray()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3-compatible server (moto's standalone server, its own process) on 127.0.0.1.
+
+    Every AWS client here and in Ray processes started after this fixture (pyarrow's S3 filesystem,
+    boto3) finds it through ``AWS_ENDPOINT_URL``; yields a function that makes a fresh bucket and
+    returns its ``s3://`` URI. Use it before ``ray_local`` (Ray workers inherit the environment
+    of the process that starts Ray)."""
+    import socket
+    import subprocess
+    import sys
+    import time
+    import uuid
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    log = open(tmp_path_factory.mktemp("moto") / "server.log", "w")
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=log, stderr=subprocess.STDOUT)
+    endpoint = f"http://127.0.0.1:{port}"
+    saved = {k: os.environ.get(k) for k in _S3_ENV}
+    os.environ.update({"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing",
+                       "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+                       "AWS_EC2_METADATA_DISABLED": "true"})
+    import boto3
+
+    client = boto3.client("s3")
+    deadline = time.monotonic() + 60
+    while True:  # wait until it answers (a started server, not an elapsed time)
+        try:
+            client.list_buckets()
+            break
+        except Exception:
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"moto server did not start on {endpoint}; see {log.name}") from None
+            time.sleep(0.2)
+
+    def bucket(prefix: str = "raylam") -> str:
+        name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+        client.create_bucket(Bucket=name)
+        return f"s3://{name}"
+
+    yield bucket
+    server.terminate()
+    server.wait(timeout=30)
+    log.close()
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+_S3_ENV = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION",
+           "AWS_EC2_METADATA_DISABLED")
