@@ -7,6 +7,7 @@ import json
 import os
 import sys
 
+from raylam.cluster import require_cluster_paths
 from raylam.config import ConfigError, to_dict
 
 
@@ -50,6 +51,7 @@ def _load(args):
 
 def cmd_collect(args) -> int:
     cfg = _load(args)
+    require_cluster_paths(cfg, train=False, evaluate=False)
     from raylam.data.collect import collect
 
     manifest = collect(cfg.collect)
@@ -69,6 +71,7 @@ def cmd_train(args) -> int:
     if not cfg.stages:
         print(f"raylam train: {args.config} defines no `stages`", file=sys.stderr)
         return 2
+    require_cluster_paths(cfg, collect=False, evaluate=False)
     indices = [cfg.stage_index(name) for name in args.stage] if args.stage else range(len(cfg.stages))
     for seed in cfg.seed_list():
         for i in indices:
@@ -76,10 +79,36 @@ def cmd_train(args) -> int:
             what = f"labels from {stage.lam_run}" if stage.stage == "relabel" else stage.model.method
             print(f"== stage {stage.run_name}: {stage.stage} ({what}, seed {seed}) -> "
                   f"{stage.storage_path}/{stage.run_name}", flush=True)
-            result = train(stage, cfg.name)
+            result = train(stage, cfg.name, fresh=args.force)
             metrics = result if isinstance(result, dict) else result.metrics
             shown = {k: round(v, 4) for k, v in metrics.items() if k in ("loss", "step", "samples_per_s", "num_labels")}
             print(f"== stage {stage.run_name} done: {shown}", flush=True)
+    return 0
+
+
+def cmd_metrics(args) -> int:
+    """Print (or save as CSV) a run's per-step history, read from wherever the run lives."""
+    import csv
+
+    from raylam.train.metrics import read_metrics
+
+    rows = read_metrics(args.run)
+    if not rows:
+        print(f"raylam metrics: {args.run} has no reported steps yet", file=sys.stderr)
+        return 1
+    keys = sorted({k for row in rows for k in row})
+    if args.csv:
+        with open(args.csv, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=keys)
+            writer.writeheader()
+            writer.writerows(rows)
+        print(f"wrote {len(rows)} rows x {len(keys)} metrics to {args.csv}")
+        return 0
+    shown = [k for k in ("step", "epoch", "loss", "lr", "samples_per_s", "data_wait_fraction") if k in keys]
+    print(" ".join(f"{k:>14}" for k in shown))
+    for row in rows[-args.last:]:
+        print(" ".join(f"{row.get(k, float('nan')):>14.6g}" for k in shown))
+    print(f"({len(rows)} reported steps; {len(keys)} metrics, all of them with --csv FILE)")
     return 0
 
 
@@ -95,6 +124,9 @@ def cmd_evaluate(args) -> int:
         print("raylam evaluate: nothing to evaluate: give --lam RUN or a config with evaluate.methods", file=sys.stderr)
         return 2
     output = args.output or cfg.eval_output()
+    if args.output:
+        cfg.evaluate.output = args.output
+    require_cluster_paths(cfg, collect=False, train=bool(args.dataset))
     probes, rollouts = (args.probe or not args.rollout), (args.rollout or not args.probe)
     roots = cfg.run_root() if args.lam else cfg.seed_roots()  # --lam names its runs itself
     evaluate_methods(evaluation, roots, output, dataset=args.dataset, probes=probes, rollouts=rollouts,
@@ -115,7 +147,9 @@ def cmd_pipeline(args) -> int:
     from raylam.pipeline import run_pipeline
 
     methods = args.methods.split(",") if args.methods else None
-    out = run_pipeline(_load(args), force=args.force, methods=methods)
+    cfg = _load(args)
+    require_cluster_paths(cfg)
+    out = run_pipeline(cfg, force=args.force, methods=methods)
     t = out["timings"]
     seeds = sorted({r["seed"] for r in out["results"]["rows"] if r.get("seed") is not None})
     print(f"pipeline done in {t['total'] / 60:.1f} min (collect {t['collect']:.0f} s, evaluate {t['evaluate']:.0f} s; "
@@ -149,6 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="run the training stages of an experiment on Ray Train (all, or --stage)")
     _add_config_args(p)
     p.add_argument("--stage", action="append", metavar="RUN_NAME", help="run only this stage (repeatable)")
+    p.add_argument("--force", action="store_true",
+                   help="train from scratch even where a run of this very stage left checkpoints (default: resume)")
     _add_seeds_arg(p, "every stage runs once per seed, each seed in <runs>/<name>/seed<k>")
     p.set_defaults(func=cmd_train)
 
@@ -166,6 +202,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_seeds_arg(p, "evaluate every seed's runs and report mean ± std over the seeds")
     p.set_defaults(func=cmd_evaluate)
 
+    p = sub.add_parser("metrics", help="a run's per-step training history (on any storage)")
+    p.add_argument("run", help="run directory or URI, e.g. runs/quickstart/laom_sup or s3://bucket/runs/x/laom")
+    p.add_argument("--last", type=int, default=20, help="rows shown (default 20)")
+    p.add_argument("--csv", metavar="FILE", help="write every row and metric to a CSV file instead")
+    p.set_defaults(func=cmd_metrics)
+
     p = sub.add_parser("report", help="merge the results of many evaluations into one table and figure")
     p.add_argument("runs", nargs="+", metavar="EVAL", help="evaluation directories or results.json files")
     p.add_argument("--output", "-o", default="report", help="directory for the merged report")
@@ -173,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("pipeline", help="collect -> train every stage -> evaluate -> report, in one go")
     _add_config_args(p)
-    p.add_argument("--force", action="store_true", help="retrain stages that already finished with this config")
+    p.add_argument("--force", action="store_true", help="retrain every stage from scratch, also those already finished with this config and inputs")
     p.add_argument("--methods", metavar="A,B", help="only these evaluate.methods and the stages they need")
     _add_seeds_arg(p, "the chain runs once per seed; one merged report, mean ± std over the seeds")
     p.set_defaults(func=cmd_pipeline)

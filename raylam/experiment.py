@@ -33,6 +33,12 @@ class ExperimentConfig:
     stages: list[dict[str, Any]] = spec([], help="the chain: each entry overrides `train` for one stage")
     evaluate: EvalConfig = spec(EvalConfig(), help="probes and rollouts of the chain's runs, and the report")
     tune: TuneConfig = spec(TuneConfig(), help="raylam tune: an ASHA sweep over one stage (raylam.tune.config)")
+    shared_filesystem: bool = spec(
+        False, help="local paths (data, runs, reports, backgrounds) are on a filesystem every node mounts at the "
+                    "same place (NFS, EFS); without it a multi-node cluster needs s3:// or gs:// URIs")
+    concurrent_stages: int | None = spec(
+        None, ge=1, help="raylam pipeline: stages trained at once (independent chains and seeds side by side); "
+                         "null: as many as the cluster's GPUs hold (its autoscaler's maximum), 1 without GPUs")
     seeds: list[int] | None = spec(
         None, ge=0, help="training seeds: the chain runs once per seed, in <storage_path>/<name>/seed<k>/<run_name>, "
                          "and the evaluation reports mean ± std over them; null: [train.seed] (0 unless set), "

@@ -3,8 +3,9 @@
 With several training seeds (``seeds``) the chain runs once per seed, each seed in its own run
 root, and the evaluation merges the seeds into one report (mean ± std over seeds).
 Each step is the same function its own command runs. A rerun picks up where the last one stopped:
-collection skips finished shards, and a stage whose ``artifact.json`` records the very config it
-would run with is not trained again (``force`` retrains everything).
+collection skips finished shards, a stage whose ``artifact.json`` records its identity (config and
+inputs) is not trained again, an interrupted one resumes, and a stage whose config or upstream
+changed trains afresh (``force`` retrains everything from scratch).
 """
 
 from __future__ import annotations
@@ -16,9 +17,12 @@ from raylam.experiment import ExperimentConfig
 
 
 def stage_is_done(cfg) -> bool:
-    """True when the stage's run directory holds an artifact made with exactly this config."""
+    """True when the stage's run directory holds an artifact of exactly this stage: the same
+    identity (config and inputs, :mod:`raylam.train.identity`). A changed config, dataset or
+    upstream run makes it stale. Artifacts from before identities compare their config only."""
     from raylam.data.storage import resolve
     from raylam.train.artifacts import ARTIFACT
+    from raylam.train.identity import stage_identity
     from raylam.train.trainer import run_name
 
     run_dir = resolve(f"{cfg.storage_path.rstrip('/')}/{run_name(cfg)}")
@@ -28,6 +32,11 @@ def stage_is_done(cfg) -> bool:
         artifact = run_dir.read_json(ARTIFACT)
     except ValueError:  # a damaged artifact: train again
         return False
+    if "identity" in artifact:
+        try:
+            return artifact["identity"] == stage_identity(cfg)
+        except FileNotFoundError:  # an input is gone: the stage cannot be what it was
+            return False
     return with_defaults(artifact.get("requested_config") or {}, to_dict(type(cfg)())) == to_dict(cfg)
 
 
@@ -64,6 +73,103 @@ def select_methods(exp: ExperimentConfig, methods: list[str] | None) -> list[int
     return [i for i, name in enumerate(names) if name in wanted]
 
 
+def stage_inputs(exp: ExperimentConfig, index: int) -> list[int]:
+    """Indices of the earlier stages stage ``index`` reads (its LAM, labels, policy)."""
+    names = [s["run_name"] for s in exp.stages]
+    entry = exp.stages[index]
+    return [names.index(entry[key]) for key in ("lam_run", "labels", "policy_run")
+            if isinstance(entry.get(key), str) and entry[key] in names[:index]]
+
+
+def concurrent_stages(exp: ExperimentConfig) -> int:
+    """How many stages train at once: ``concurrent_stages``, or as many as the cluster's GPUs (the
+    most its autoscaler may provide, else those present) hold at one stage's GPUs; 1 without GPUs,
+    where a stage already uses the machine's CPUs."""
+    if exp.concurrent_stages is not None:
+        return exp.concurrent_stages
+    import ray
+
+    try:
+        from ray._private.state import state
+
+        most = state.get_max_resources_from_cluster_config() or {}
+    except Exception:
+        most = {}
+    gpus = most.get("GPU") or ray.cluster_resources().get("GPU", 0)
+    per_stage = exp.train.num_workers * exp.train.gpus_per_worker if exp.train.use_gpu else 0
+    return max(1, int(gpus // per_stage)) if per_stage else 1
+
+
+def run_stages(exp: ExperimentConfig, stages: list[int], force: bool, timings: dict) -> None:
+    """Train ``stages`` for every seed in dependency order. One at a time in this process, or, with
+    room for several, each as a Ray task (pinned to the head when the cluster declares a ``head``
+    resource) as soon as the stages it reads are done: the method chains and seeds are independent."""
+    import ray
+
+    from raylam.train.trainer import train
+
+    seeds = exp.seed_list()
+    jobs = [(seed, i) for seed in seeds for i in stages]
+    total, limit = len(jobs), concurrent_stages(exp)
+    done: set[tuple[int, int]] = set()
+    running: dict = {}  # object ref -> (job, start time)
+
+    def label(seed: int, i: int) -> str:
+        name = exp.stages[i]["run_name"]
+        return name if len(seeds) == 1 else f"seed{seed}/{name}"
+
+    def start(job, k: int):
+        seed, i = job
+        stage = exp.stage(i, seed)
+        if not force and stage_is_done(stage):
+            print(f"== stage {k}/{total} {label(*job)}: already done with this config, skipped", flush=True)
+            return None
+        what = f"labels from {stage.lam_run}" if stage.stage == "relabel" else stage.model.method
+        print(f"== stage {k}/{total} {label(*job)}: {stage.stage} ({what}, seed {seed})", flush=True)
+        return stage
+
+    if limit == 1:
+        for k, job in enumerate(jobs, 1):
+            stage = start(job, k)
+            if stage is not None:
+                t = time.perf_counter()
+                train(stage, exp.name, fresh=force)
+                timings[label(*job)] = time.perf_counter() - t
+                print(f"== stage {label(*job)} done ({timings[label(*job)]:.0f} s)", flush=True)
+        return
+    head = {"head": 0.001} if ray.cluster_resources().get("head") else {}
+    remote_train = ray.remote(_train_stage).options(num_cpus=0, max_retries=0, resources=head)
+    pending, started = list(jobs), 0
+    print(f"== {total} stages, up to {limit} at once", flush=True)
+    while pending or running:
+        for job in list(pending):
+            if len(running) >= limit:
+                break
+            seed, i = job
+            if all((seed, j) in done for j in stage_inputs(exp, i) if (seed, j) in jobs):
+                pending.remove(job)
+                started += 1
+                stage = start(job, started)
+                if stage is None:
+                    done.add(job)
+                    continue
+                running[remote_train.remote(stage, exp.name, force)] = (job, time.perf_counter())
+        if not running:
+            continue
+        ready, _ = ray.wait(list(running), num_returns=1)
+        job, t = running.pop(ready[0])
+        ray.get(ready[0])  # a failed stage stops the pipeline here, with its error
+        done.add(job)
+        timings[label(*job)] = time.perf_counter() - t
+        print(f"== stage {label(*job)} done ({timings[label(*job)]:.0f} s)", flush=True)
+
+
+def _train_stage(stage, experiment: str, fresh: bool) -> None:
+    from raylam.train.trainer import train
+
+    train(stage, experiment, fresh=fresh)
+
+
 def run_pipeline(exp: ExperimentConfig, force: bool = False, methods: list[str] | None = None) -> dict:
     """Run the experiment (or the stages ``methods`` need) on the current or a new local Ray cluster;
     returns timings and paths."""
@@ -71,8 +177,6 @@ def run_pipeline(exp: ExperimentConfig, force: bool = False, methods: list[str] 
 
     from raylam.data.collect import collect
     from raylam.eval.evaluate import evaluate_methods
-    from raylam.train.trainer import train
-
     if not exp.stages:
         raise ValueError(f"pipeline: experiment {exp.name!r} defines no `stages` to train")
     if not exp.evaluate.methods:
@@ -87,20 +191,7 @@ def run_pipeline(exp: ExperimentConfig, force: bool = False, methods: list[str] 
     timings["collect"] = time.perf_counter() - start
     print(f"== collect done: {manifest['num_episodes']} episodes, {manifest['num_transitions']} frames "
           f"({timings['collect']:.0f} s)", flush=True)
-    seeds = exp.seed_list()
-    for seed in seeds:
-        for i in stages:
-            stage = exp.stage(i, seed)
-            label = stage.run_name if len(seeds) == 1 else f"seed{seed}/{stage.run_name}"
-            if not force and stage_is_done(stage):
-                print(f"== stage {label}: already done with this config, skipped", flush=True)
-                continue
-            t = time.perf_counter()
-            what = f"labels from {stage.lam_run}" if stage.stage == "relabel" else stage.model.method
-            print(f"== stage {label}: {stage.stage} ({what}, seed {seed})", flush=True)
-            train(stage, exp.name)
-            timings[label] = time.perf_counter() - t
-            print(f"== stage {label} done ({timings[label]:.0f} s)", flush=True)
+    run_stages(exp, stages, force, timings)
     t = time.perf_counter()
     output = exp.eval_output()
     results = evaluate_methods(exp.evaluate, exp.seed_roots(), output, experiment=exp.name)

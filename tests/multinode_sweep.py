@@ -77,7 +77,7 @@ def node_names() -> dict[str, str]:
 
 def checkpoint_steps(run_dir: Path) -> list[int]:
     steps = []
-    for meta in sorted(run_dir.glob("checkpoint_*/meta.json")):
+    for meta in sorted(run_dir.glob("train-*/checkpoint_*/meta.json")):
         try:
             steps.append(json.loads(meta.read_text())["step"])
         except (OSError, ValueError, KeyError):

@@ -21,6 +21,7 @@ from raylam.config import to_dict
 from raylam.eval.evaluate import REFERENCES, RESULTS_FORMAT
 from raylam.experiment import load_experiment
 from raylam.pipeline import select_methods, stage_is_done
+from raylam.train.identity import stage_identity
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = str(ROOT / "configs" / "quickstart.yaml")
@@ -141,6 +142,7 @@ def test_several_seeds_run_in_their_own_roots_and_merge(quickstart, tmp_path, ca
         artifact = json.loads((run / "artifact.json").read_text())
         artifact["config"] = {**artifact["config"], "seed": seed, "storage_path": stage.storage_path}
         artifact["requested_config"] = to_dict(stage)
+        artifact["identity"] = stage_identity(stage)
         (run / "artifact.json").write_text(json.dumps(artifact))
     assert main(["pipeline", "--config", QUICKSTART, "--methods", "bc", "--seeds", "0,1", *overrides]) == 0
     assert capsys.readouterr().out.count("already done with this config, skipped") == 2  # nothing retrained
@@ -156,3 +158,43 @@ def test_several_seeds_run_in_their_own_roots_and_merge(quickstart, tmp_path, ca
     report = (out / "report.md").read_text()
     assert "Training seeds: 2 (0, 1)." in report and "## Per training seed" in report
     assert "| bc | cheetah-run | 1 | 0, 1 | — | — | — |" in report
+
+
+def test_a_changed_stage_retrains_and_its_downstream_follows(quickstart, tmp_path, capsys):
+    """Runs last: it retrains the LAOM+sup chain. The LAM's config changes; the LAM trains afresh in
+    a new Ray Train directory (never restoring the old model), and relabel, latent BC and decoder
+    retrain because their input changed, although their own configs did not; BC is untouched."""
+    import yaml
+
+    exp, _ = quickstart
+    root = Path(exp.run_root())
+    before = {name: json.loads((root / name / "artifact.json").read_text())
+              for name in ("laom_sup", "laom_sup_labels", "laom_sup_bc", "laom_sup_decoder", "bc")}
+    config = yaml.safe_load(Path(QUICKSTART).read_text())
+    (lam,) = [s for s in config["stages"] if s["run_name"] == "laom_sup"]
+    lam["model"]["sup_coef"] = 0.5
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(yaml.safe_dump(config))
+    overrides = [*tiny_overrides(Path(exp.collect.output).parent), f"evaluate.output={tmp_path / 'eval'}",
+                 "evaluate.rollout.episodes=0"]
+    assert main(["pipeline", "--config", str(changed), "--methods", "laom_sup,bc", *overrides]) == 0
+    out = capsys.readouterr().out
+    assert "bc: already done with this config, skipped" in out
+    assert out.count("already done with this config, skipped") == 1
+    after = {name: json.loads((root / name / "artifact.json").read_text()) for name in before}
+    assert after["bc"] == before["bc"]
+    for name in ("laom_sup", "laom_sup_labels", "laom_sup_bc", "laom_sup_decoder"):
+        assert after[name]["identity"] != before[name]["identity"], name
+        assert after[name]["finished"] >= before[name]["finished"], name
+    assert after["laom_sup"]["config"]["model"]["sup_coef"] == 0.5
+    assert after["laom_sup_bc"]["config"] == before["laom_sup_bc"]["config"]  # its own config is the same
+    old, new = (Path(a["checkpoint"]).parent for a in (before["laom_sup"], after["laom_sup"]))
+    assert old != new and old.parent == new.parent == root / "laom_sup"
+    # the new directory holds only what the new run made: one checkpoint, at its last step
+    assert [json.loads(p.read_text())["step"] for p in new.glob("checkpoint_*/meta.json")] == [2]
+
+    # --force: a fresh Train directory even for an unchanged, finished stage
+    assert main(["train", "--config", str(changed), "--stage", "bc", "--force", *overrides]) == 0
+    bc_runs = sorted(p.name for p in (root / "bc").glob("train-*"))
+    assert len(bc_runs) == 2 and json.loads((root / "bc" / "artifact.json").read_text())["identity"] == \
+        before["bc"]["identity"]

@@ -14,6 +14,7 @@ from raylam.data.pipeline import DatasetInfo, WindowSpec
 from raylam.data.synthetic import write_synthetic_dataset
 from raylam.models.config import ModelConfig
 from raylam.train.config import TrainConfig
+from raylam.train.metrics import read_metrics
 from raylam.train.trainer import ARTIFACT, train
 
 
@@ -91,10 +92,27 @@ def test_two_worker_laom_sup_survives_a_failure(laom_sup_run):
     assert artifact["stage"] == "lam" and artifact["method"] == "laom_sup"
     assert Path(artifact["checkpoint"]).is_dir()
     steps = [json.loads((p / "meta.json").read_text())["step"]
-             for p in sorted(run_dir.glob("checkpoint_*")) if p.is_dir()]
+             for p in sorted(run_dir.glob("train-*/checkpoint_*")) if p.is_dir()]
     # checkpoints at 2 and 4, failure at 5, restore from 4, and the counter goes on: 6, 8
     # (a restart from scratch would have written 2, 4 again)
     assert steps == [2, 4, 6, 8]
+
+
+def test_a_restored_run_continues_the_epoch_where_its_checkpoint_left_it(laom_sup_run):
+    """Counting on the real path: every checkpoint records how many batches its rank-0 sampler has
+    drawn from the epoch order (epoch x batches per epoch + position). Restored from step 4 after
+    the failure at step 5, the run draws on from batch 4: at step s exactly s batches have been drawn,
+    so the only batch trained twice is the one between the checkpoint and the failure (a restart of
+    the epoch order would show 2 drawn at step 6)."""
+    import torch
+
+    _, run_dir = laom_sup_run
+    drawn = {}
+    for checkpoint in run_dir.glob("train-*/checkpoint_*"):
+        state = torch.load(checkpoint / "model.pt", map_location="cpu", weights_only=True)
+        data = state["data"]
+        drawn[state["step"]] = data["epoch"] * data["batches_per_epoch"] + data["position"]
+    assert drawn == {2: 2, 4: 4, 6: 6, 8: 8}
 
 
 def test_run_logs_heldout_metrics_tensorboard_and_wandb(laom_sup_run):
@@ -103,9 +121,15 @@ def test_run_logs_heldout_metrics_tensorboard_and_wandb(laom_sup_run):
     result, run_dir = laom_sup_run
     for name in ("heldout/probe/action/mse", "heldout/probe/action/r2", "heldout/probe/state/mse"):
         assert np.isfinite(result.metrics[name]), name
-    events = EventAccumulator(str(run_dir / "tensorboard")).Reload()
+    (attempt,) = run_dir.glob("train-*")
+    events = EventAccumulator(str(attempt / "tensorboard")).Reload()
     assert "heldout/probe/action/mse" in events.Tags()["scalars"]
     assert [e.step for e in events.Scalars("loss")][-1] == 8
+    # the persisted history reads as one run across the failure and the restore from step 4
+    history = read_metrics(str(run_dir))
+    assert [row["step"] for row in history] == [2, 4, 6, 8]  # report_every 2
+    assert all(np.isfinite(row["loss"]) for row in history)
+    assert "heldout/probe/action/mse" in history[1]  # eval_every 4
     offline = sorted((run_dir / "wandb").glob("offline-run-*"))
     assert offline and all(list(p.glob("*.wandb")) for p in offline)
 
@@ -141,7 +165,7 @@ def test_lapo_stage_and_relabel_with_quantized_latents(ray_local, synthetic, tmp
     lapo = ModelConfig.small("lapo", quantizer="vq", max_offset=1, augment=False)  # the LAPO paper's variant
     result = train(train_config(dataset, runs, run_name="lapo", model=to_dict(lapo), steps=2, keep_checkpoints=1))
     assert np.isfinite(result.metrics["loss"])
-    assert len([p for p in (runs / "lapo").glob("checkpoint_*") if p.is_dir()]) == 1  # keep_checkpoints
+    assert len([p for p in (runs / "lapo").glob("train-*/checkpoint_*") if p.is_dir()]) == 1  # keep_checkpoints
     relabeled = train(train_config(dataset, runs, stage="relabel", run_name="labels", lam_run=str(runs / "lapo"),
                                    batch_size=32))
     table = pq.read_table(relabeled["labels"])

@@ -129,7 +129,7 @@ def test_interrupted_sweep_resumes_from_train_checkpoints(sweep):
     run_root = Path(second.sweep_dir) / "runs"
     for trial_id, row in table.iterrows():
         steps = [json.loads((p / "meta.json").read_text())["step"]
-                 for p in sorted((run_root / f"trial-{trial_id}").glob("checkpoint_*")) if p.is_dir()]
+                 for p in sorted((run_root / f"trial-{trial_id}").glob("train-*/checkpoint_*")) if p.is_dir()]
         if row["status"] == "completed":
             # failed at step 3 in the first sweep, resumed from the step-2 checkpoint: 2, then 4
             # (a restart from scratch would have failed at step 3 again)

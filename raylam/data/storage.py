@@ -107,3 +107,40 @@ def resolve(uri: str) -> Location:
         return Location(fs=fs, root=root.rstrip("/"), uri=uri)
     path = uri[len("file://"):] if uri.startswith("file://") else uri
     return Location(fs=pafs.LocalFileSystem(), root=os.path.abspath(os.path.expanduser(path)), uri=uri)
+
+
+def local_mirror(uri: str, cache_dir: str | None = None) -> str:
+    """A local directory holding a copy of the folder at ``uri`` (returned as is when local).
+
+    For inputs every node reads as files (background videos): each node copies the folder once into
+    its cache (``RAYLAM_CACHE``, default ``~/.cache/raylam``), through a temporary name and a marker
+    written last, so a copy interrupted half way is made again, never used."""
+    import hashlib
+    import shutil
+
+    if "://" not in uri or uri.startswith("file://"):
+        return uri[len("file://"):] if uri.startswith("file://") else uri
+    cache = cache_dir or os.environ.get("RAYLAM_CACHE") or os.path.expanduser("~/.cache/raylam")
+    target = os.path.join(cache, "mirrors", hashlib.sha1(uri.rstrip("/").encode()).hexdigest()[:16])
+    marker = os.path.join(target, ".complete")
+    if os.path.exists(marker):
+        return target
+    source = resolve(uri)
+    if source.fs.get_file_info(source.root).type != pafs.FileType.Directory:
+        raise FileNotFoundError(f"{uri}: no such folder")
+    tmp = f"{target}{TMP_MARK}{uuid.uuid4().hex[:8]}"
+    os.makedirs(tmp)
+    try:
+        pafs.copy_files(source.root, tmp, source_filesystem=source.fs, destination_filesystem=pafs.LocalFileSystem())
+        with open(os.path.join(tmp, ".complete"), "w") as f:
+            f.write(uri)
+        try:
+            os.replace(tmp, target)  # whole copies only ever appear under the final name
+        except OSError:
+            if not os.path.exists(marker):  # not another process's finished copy
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)  # another process on this node was first
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target

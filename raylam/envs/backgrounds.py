@@ -115,7 +115,9 @@ def list_clips(split: str, background_dir: str | None = None) -> list[ClipSpec]:
         raise ConfigError(f"split: got {split!r}, expected one of {list(BUILTIN_CLIPS)}")
     if background_dir is None:
         return list(_builtin_clips(split))
-    return list(_user_clips(str(background_dir), split))
+    from raylam.data.storage import local_mirror
+
+    return list(_user_clips(local_mirror(str(background_dir)), split))  # a URI: this node's copy
 
 
 @functools.lru_cache(maxsize=4)

@@ -19,6 +19,7 @@ import torch
 from raylam.config import from_dict, to_dict
 from raylam.models import Batch, build_model, evaluate
 from raylam.models.config import ModelConfig
+from raylam.train.metrics import MetricsLog
 
 CHECKPOINT_FILE = "model.pt"
 CHECKPOINT_META = "meta.json"
@@ -121,19 +122,19 @@ def train_loop_per_worker(config: dict) -> None:
     model = ray.train.torch.prepare_model(model, move_to_device=False)
     meta = {"stage": cfg.stage, "model": to_dict(cfg.model), "dataset": cfg.dataset,
             "num_labeled": cfg.num_labeled, "seed": cfg.seed, **dims}
-    writer = _tensorboard(config.get("tensorboard_dir")) if rank == 0 else None
+    history = MetricsLog(config["attempt_dir"]) if rank == 0 and config.get("attempt_dir") else None
     wandb_run = _wandb(cfg, config) if rank == 0 else None
 
     def report(values: dict, step: int) -> None:
         values.update(timing)
         if data.heldout is not None and (step % cfg.eval_every == 0 or step == cfg.steps):
             values.update(_heldout_metrics(unwrapped, data, cfg))
-        _report(cfg, values, step, unwrapped, optimizer, scheduler, meta, rank, writer, wandb_run, data.state())
+        _report(cfg, values, step, unwrapped, optimizer, scheduler, meta, rank, history, wandb_run, data.state())
 
-    fit(model, unwrapped, optimizer, scheduler, data, cfg, device, world, step, report,
-        fail_at_step=None if resumed else cfg.fail_at_step)
-    if writer is not None:
-        writer.close()
+    step = fit(model, unwrapped, optimizer, scheduler, data, cfg, device, world, step, report,
+               fail_at_step=None if resumed else cfg.fail_at_step)
+    if history is not None:
+        history.close(step)
     if wandb_run is not None:
         wandb_run.finish()
 
@@ -288,16 +289,16 @@ def _heldout_metrics(model, data, cfg) -> dict[str, float]:
     return {f"heldout/{name}": value for name, value in evaluate(model, batches).items()}
 
 
-def _report(cfg, values, step, model, optimizer, scheduler, meta, rank, writer, wandb_run, data_state) -> None:
+def _report(cfg, values, step, model, optimizer, scheduler, meta, rank, history, wandb_run, data_state) -> None:
     import ray.train
 
-    if writer is not None:
-        for k, v in values.items():
-            writer.add_scalar(k, v, step)
-        writer.flush()
+    if history is not None:
+        history.log(values, step)
     if wandb_run is not None:
         wandb_run.log(values, step=step)
     if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+        if history is not None:  # the history up to the checkpoint, persisted with it
+            history.flush(step)
         with tempfile.TemporaryDirectory() as directory:
             checkpoint = None
             if rank == 0:
@@ -306,14 +307,6 @@ def _report(cfg, values, step, model, optimizer, scheduler, meta, rank, writer, 
             ray.train.report(values, checkpoint=checkpoint)
     else:
         ray.train.report(values)
-
-
-def _tensorboard(directory: str | None):
-    if not directory:
-        return None
-    from tensorboardX import SummaryWriter
-
-    return SummaryWriter(directory)
 
 
 def _wandb(cfg, config: dict):

@@ -58,9 +58,11 @@ def relabel(cfg: TrainConfig, experiment: str = "raylam") -> dict:
     """Label every transition of the dataset (train and held-out splits); returns the artifact."""
     import ray
 
+    from raylam.train.identity import stage_identity
     from raylam.train.trainer import run_name
 
     info = DatasetInfo(cfg.dataset)
+    identity = stage_identity(cfg)
     if not ray.is_initialized():
         ray.init()
     _, meta, lam_artifact = load_run(cfg.lam_run, "cpu", expect_stages=("lam", "idm"))
@@ -88,6 +90,7 @@ def relabel(cfg: TrainConfig, experiment: str = "raylam") -> dict:
         raise RuntimeError(f"relabel wrote {written} labels to {out}, expected one per transition ({expected})")
     artifact = {
         "stage": "relabel",
+        "identity": identity,
         "method": lam_artifact["method"],
         "lam_run": cfg.lam_run,
         "labels": out,

@@ -143,7 +143,9 @@ class EpochSampler:
         return len(self.clip) // self.batch_size
 
     def state(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "position": self.position}
+        """Where the data order stands: checkpointed, so a restored run continues this epoch's order
+        (``batches_per_epoch`` is recorded so the position can be read as a count of batches drawn)."""
+        return {"epoch": self.epoch, "position": self.position, "batches_per_epoch": self.batches_per_epoch}
 
     def restore(self, state: dict[str, int]) -> None:
         self.epoch, self.position = int(state["epoch"]), int(state["position"])

@@ -8,8 +8,8 @@ next stage loads it without retraining anything.
 from __future__ import annotations
 
 import datetime as dt
-import os
 import time
+import uuid
 from dataclasses import replace
 
 from raylam.config import to_dict
@@ -18,6 +18,7 @@ from raylam.data.pipeline import DatasetInfo, WindowSpec, configure_data_context
 from raylam.data.storage import resolve
 from raylam.train.artifacts import ARTIFACT, read_artifact
 from raylam.train.config import TrainConfig
+from raylam.train.identity import stage_identity
 from raylam.train.loop import train_loop_per_worker
 
 
@@ -127,11 +128,14 @@ def _timings(metrics: dict, fit_start: float, fit_s: float) -> dict:
     return out
 
 
-def train(cfg: TrainConfig, experiment: str = "raylam", callbacks: list | None = None):
+def train(cfg: TrainConfig, experiment: str = "raylam", callbacks: list | None = None, fresh: bool = False):
     """Run one stage on the current Ray cluster: a TorchTrainer run (returns its ``ray.train.Result``),
     or, for ``relabel``, batch inference (returns the relabel artifact).
 
-    ``callbacks`` go to the run's RunConfig (Tune passes its report callback here)."""
+    The Ray Train run lives in ``<run dir>/train-<identity>``: a rerun of the same stage (same
+    config, same inputs) resumes from its last checkpoint, a changed one starts fresh, and
+    ``fresh=True`` (``--force``) never restores. ``callbacks`` go to the run's RunConfig (Tune
+    passes its report callback here)."""
     import ray
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -142,6 +146,7 @@ def train(cfg: TrainConfig, experiment: str = "raylam", callbacks: list | None =
         return relabel(cfg, experiment)
     requested = to_dict(cfg)  # before the labels adjust it: what a rerun of this stage would ask for
     info = DatasetInfo(cfg.dataset)
+    identity = stage_identity(cfg)
     labels = None
     if cfg.stage == "action_decoder" and cfg.policy_run:
         policy = read_artifact(cfg.policy_run, expect_stages=("latent_bc",))
@@ -157,9 +162,9 @@ def train(cfg: TrainConfig, experiment: str = "raylam", callbacks: list | None =
         ray.init()
     _warn_if_no_cpu_for_data(cfg)
     name = run_name(cfg, experiment)
-    storage = resolve(cfg.storage_path)
-    storage.makedirs()
     run_dir = resolve(f"{cfg.storage_path.rstrip('/')}/{name}")
+    run_dir.makedirs()
+    attempt = f"train-{identity[:12]}" + (f"-{uuid.uuid4().hex[:6]}" if fresh else "")
     local = "://" not in cfg.storage_path
     configure_data_context(cfg.data.progress_bars)
     datasets = stage_datasets(cfg, info, labels)
@@ -169,7 +174,7 @@ def train(cfg: TrainConfig, experiment: str = "raylam", callbacks: list | None =
         # absolute: Ray Train runs the loop in a directory of its own, where a relative path means nothing
         "policy_run": resolve(cfg.policy_run).url("").rstrip("/") if cfg.stage == "action_decoder" and cfg.policy_run
         else None,
-        "tensorboard_dir": os.path.join(run_dir.root, "tensorboard") if local else None,
+        "attempt_dir": f"{run_dir.url('').rstrip('/')}/{attempt}",  # metrics and TensorBoard, beside the run
         "wandb_dir": run_dir.root if local else None,
     }
     trainer = TorchTrainer(
@@ -182,8 +187,8 @@ def train(cfg: TrainConfig, experiment: str = "raylam", callbacks: list | None =
         datasets=datasets,
         dataset_config=DataConfig(datasets_to_split=["train"]),
         run_config=RunConfig(
-            name=name,
-            storage_path=storage.root if local else cfg.storage_path,
+            name=attempt,
+            storage_path=run_dir.root if local else run_dir.uri.rstrip("/"),
             failure_config=FailureConfig(max_failures=cfg.max_failures),
             callbacks=callbacks,
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints, checkpoint_score_attribute="step",
@@ -195,9 +200,10 @@ def train(cfg: TrainConfig, experiment: str = "raylam", callbacks: list | None =
     fit_s = time.time() - fit_start
     if result.checkpoint is None:
         raise RuntimeError(f"run {name} finished without a checkpoint")
-    run_dir.makedirs()
     run_dir.write_json(ARTIFACT, {
         "stage": cfg.stage,
+        "identity": identity,
+        "attempt": attempt,
         "method": cfg.model.method,
         "checkpoint": result.checkpoint.path,
         "dataset": cfg.dataset,

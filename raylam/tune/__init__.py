@@ -68,6 +68,13 @@ def cmd_tune(args) -> int:
     if args.print_config:
         print(json.dumps({**to_dict(experiment), "tune": to_dict(cfg)}, indent=2))
         return 0
+    from raylam.cluster import require_cluster_paths
+
+    require_cluster_paths(experiment, collect=False, evaluate=False)
+    paths = {"tune.storage_path": cfg.storage_path} if cfg.storage_path else {}
+    from raylam.cluster import check_paths
+
+    check_paths(paths, experiment.shared_filesystem)
     summary = run_tune(experiment, cfg, resume=args.resume)
     table = summary.table
     if table is not None and not table.empty:
