@@ -65,7 +65,8 @@ def main(out: Path, bucket: str) -> int:
                   "resources_per_worker": {"slot": 1}, "max_failures": 1,
                   "data": {"clips_per_task": 2, "read_cpus": 0.5}},
         "stages": [
-            {"run_name": "laom_sup", "stage": "lam", "model": {"method": "laom_sup"}, "fail_at_step": 3},
+            {"run_name": "laom_sup", "stage": "lam", "model": {"method": "laom_sup"}, "fail_at_step": 3,
+             "wandb": {"enabled": True, "mode": "offline", "project": "raylam-test"}},
             {"run_name": "labels", "stage": "relabel", "lam_run": "laom_sup", "batch_size": 32, "num_workers": 1,
              "resources_per_worker": {}},
         ],
@@ -86,8 +87,11 @@ def main(out: Path, bucket: str) -> int:
         root = f"{runs}/multinode"
         lam = resolve(f"{root}/laom_sup").read_json("artifact.json")
         fs, path = pafs.FileSystem.from_uri(f"{root}/laom_sup/{lam['attempt']}")
+        files = fs.get_file_info(pafs.FileSelector(path, recursive=True))
         checkpoints = [info.path for info in fs.get_file_info(pafs.FileSelector(path))
-                       if info.base_name.startswith("checkpoint_")]
+                       if info.base_name.startswith("checkpoint_") and info.type == pafs.FileType.Directory]
+        result["logs"] = sorted({info.path[len(path) + 1:].split("/")[0] for info in files
+                                 if info.path.endswith(".wandb") or "tfevents" in info.base_name})
         steps = []
         for checkpoint in sorted(checkpoints):
             with fs.open_input_stream(f"{checkpoint}/meta.json") as stream:

@@ -97,6 +97,7 @@ def test_multinode_training_with_storage_only_on_s3(s3_server, tmp_path):
     assert result["checkpoint_steps"] == [2, 4, 6] and result["lam_step"] == 6
     assert result["checkpoint"].startswith(bucket.removeprefix("s3://"))
     assert result["history_steps"] == [1, 2, 3, 4, 5, 6]
+    assert result["logs"] == ["tensorboard", "wandb"]  # uploaded beside the run from the worker node
     assert result["labels"].startswith(f"{bucket}/runs/multinode/labels")
     assert result["num_labels"] == 7 * 39  # every transition of the 6 training + 1 held-out episodes
 
@@ -104,7 +105,6 @@ def test_multinode_training_with_storage_only_on_s3(s3_server, tmp_path):
 def test_background_videos_from_s3_are_mirrored_once_per_node(s3_server, tmp_path, monkeypatch):
     """background_dir as a URI: the folder is copied whole into the node's cache (marker written
     last) and the environment shows the user's video, exactly as from a local folder."""
-    import numpy as np
     from test_envs import _sky_colour, _write_jpgs, cfg
 
     from raylam.data.storage import local_mirror

@@ -47,11 +47,14 @@ def test_placement_and_location_do_not_change_identity_but_the_recipe_does(tmp_p
         assert stage_identity(from_dict(TrainConfig, {**to_dict(base), **change})) != stage_identity(base), change
 
 
-def test_a_recollected_dataset_changes_identity(tmp_path):
-    data = _dataset(tmp_path)
+def test_a_recollected_dataset_changes_identity_a_rewritten_manifest_does_not(tmp_path):
+    data = _dataset(tmp_path, '{"shards": ["a.tar"], "created": "2026-01-01", "config": {"num_workers": 2}}')
     cfg = from_dict(TrainConfig, {"dataset": str(data), "storage_path": str(tmp_path / "runs"), "run_name": "lam"})
     first = stage_identity(cfg)
-    _dataset(tmp_path, '{"shards": ["a.tar", "b.tar"]}')
+    # collection rerun over finished shards: a new date, other placement settings, the same data
+    _dataset(tmp_path, '{"shards": ["a.tar"], "created": "2026-02-02", "config": {"num_workers": 8}}')
+    assert stage_identity(cfg) == first
+    _dataset(tmp_path, '{"shards": ["a.tar", "b.tar"], "created": "2026-02-02"}')
     assert stage_identity(cfg) != first
 
 

@@ -130,7 +130,7 @@ def test_run_logs_heldout_metrics_tensorboard_and_wandb(laom_sup_run):
     assert [row["step"] for row in history] == [2, 4, 6, 8]  # report_every 2
     assert all(np.isfinite(row["loss"]) for row in history)
     assert "heldout/probe/action/mse" in history[1]  # eval_every 4
-    offline = sorted((run_dir / "wandb").glob("offline-run-*"))
+    offline = sorted((attempt / "wandb").glob("offline-run-*"))
     assert offline and all(list(p.glob("*.wandb")) for p in offline)
 
 

@@ -45,13 +45,18 @@ def stage_identity(cfg) -> str:
 
 
 def dataset_identity(uri: str) -> str:
-    """The digest of the dataset's manifest: it lists every shard and how it was collected."""
+    """The digest of what the dataset holds: its manifest's shards (with their sha256), splits and
+    labels; not when or with which settings it was written (a rerun of collection that finds every
+    shard done rewrites the manifest with a new date, and the data are the same)."""
     location = resolve(uri)
     if not location.exists(MANIFEST):
         raise FileNotFoundError(f"{location.url(MANIFEST)} does not exist: {uri} is not a raylam dataset "
                                 "(run `raylam collect` or `raylam ingest` first)")
-    with location.open_read(MANIFEST) as stream:
-        return hashlib.sha256(stream.read()).hexdigest()
+    manifest = location.read_json(MANIFEST)
+    return _digest({key: value for key, value in manifest.items() if key not in VOLATILE_MANIFEST_KEYS})
+
+
+VOLATILE_MANIFEST_KEYS = ("created", "raylam_version", "config")
 
 
 def run_identity(run_dir: str) -> str:

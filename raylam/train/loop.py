@@ -123,7 +123,8 @@ def train_loop_per_worker(config: dict) -> None:
     meta = {"stage": cfg.stage, "model": to_dict(cfg.model), "dataset": cfg.dataset,
             "num_labeled": cfg.num_labeled, "seed": cfg.seed, **dims}
     history = MetricsLog(config["attempt_dir"]) if rank == 0 and config.get("attempt_dir") else None
-    wandb_run = _wandb(cfg, config) if rank == 0 else None
+    wandb_dir = history.wandb_dir() if history is not None and cfg.wandb.enabled else None
+    wandb_run = _wandb(cfg, config, wandb_dir) if rank == 0 else None
 
     def report(values: dict, step: int) -> None:
         values.update(timing)
@@ -309,11 +310,11 @@ def _report(cfg, values, step, model, optimizer, scheduler, meta, rank, history,
         ray.train.report(values)
 
 
-def _wandb(cfg, config: dict):
+def _wandb(cfg, config: dict, directory: str | None):
     if not cfg.wandb.enabled:
         return None
     import wandb
 
     return wandb.init(project=cfg.wandb.project, entity=cfg.wandb.entity, mode=cfg.wandb.mode,
-                      name=config.get("run_name"), config=config["train"], dir=config.get("wandb_dir"),
+                      name=config.get("run_name"), config=config["train"], dir=directory,
                       reinit=True)

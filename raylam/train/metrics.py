@@ -11,6 +11,7 @@ after it; :func:`read_metrics` keeps the last row per step, so the history reads
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 
 import pyarrow.fs as pafs
@@ -30,11 +31,22 @@ class MetricsLog:
         self.tensorboard_dest = resolve(f"{attempt_dir.rstrip('/')}/{TENSORBOARD_DIR}")
         self.remote = not isinstance(self.location.fs, pafs.LocalFileSystem)
         self.writer = None
+        self.attempt_dir = attempt_dir.rstrip("/")
+        self.synced: dict[str, str] = {}  # local folder -> its name beside the run (remote runs)
         if tensorboard:
             from tensorboardX import SummaryWriter
 
             self.local_events = tempfile.mkdtemp(prefix="raylam-tb-") if self.remote else self.tensorboard_dest.root
             self.writer = SummaryWriter(self.local_events)
+
+    def wandb_dir(self) -> str:
+        """Where wandb puts its ``wandb/`` folder (offline runs): the run's attempt directory when
+        the run is local, else a local folder whose ``wandb/`` is uploaded there at every flush."""
+        if not self.remote:
+            return self.attempt_dir
+        folder = tempfile.mkdtemp(prefix="raylam-wandb-")
+        self.synced[f"{folder}/wandb"] = "wandb"
+        return folder
 
     def log(self, values: dict, step: int) -> None:
         self.rows.append({**values, "step": step})
@@ -55,6 +67,12 @@ class MetricsLog:
                 self.tensorboard_dest.makedirs()
                 pafs.copy_files(self.local_events, self.tensorboard_dest.root,
                                 destination_filesystem=self.tensorboard_dest.fs)
+        for folder, name in self.synced.items():
+            if not os.path.isdir(folder):
+                continue
+            dest = resolve(f"{self.attempt_dir}/{name}")
+            dest.makedirs()
+            pafs.copy_files(folder, dest.root, destination_filesystem=dest.fs)
 
     def close(self, step: int) -> None:
         self.flush(step)

@@ -175,7 +175,6 @@ def train(cfg: TrainConfig, experiment: str = "raylam", callbacks: list | None =
         "policy_run": resolve(cfg.policy_run).url("").rstrip("/") if cfg.stage == "action_decoder" and cfg.policy_run
         else None,
         "attempt_dir": f"{run_dir.url('').rstrip('/')}/{attempt}",  # metrics and TensorBoard, beside the run
-        "wandb_dir": run_dir.root if local else None,
     }
     trainer = TorchTrainer(
         train_loop_per_worker,
