@@ -125,6 +125,7 @@ def test_analysis_notebook_runs_on_the_outputs(quickstart, monkeypatch):
     assert not [o for o in outputs if o.get("output_type") == "error"]
     assert any("image/png" in o.get("data", {}) for o in outputs)
     assert any("rows from 1 evaluation" in o.get("text", "") for o in outputs)
+    assert any("training curves of 1 LAM runs" in o.get("text", "") for o in outputs)  # laom_sup's history
     assert os.environ["RAYLAM_RESULTS"] == exp.eval_output()
 
 

@@ -134,10 +134,32 @@ def _pad(array: np.ndarray, pad: int) -> np.ndarray:
 
 def clip_dataset(info: DatasetInfo, spec: WindowSpec, split: str = "train", labeled_only: bool = False,
                  clips_per_task: int = 4, shuffle_seed: int | None = 0, num_cpus: float = 1.0,
-                 labels: str | None = None):
-    """A streaming Ray Dataset of decoded clips (one row per clip) of the ``split`` shards of ``info``."""
-    ds = read_shards(info, spec, split, labeled_only, shuffle_seed, num_cpus, suffixes=CLIP_MEMBERS)
+                 labels: str | None = None, order: str = "shards"):
+    """A streaming Ray Dataset of decoded clips (one row per clip) of the ``split`` shards of ``info``.
+
+    ``order="shards"``: read_webdataset over the shards, shard order reshuffled every epoch (a
+    shard's clips arrive together). ``order="clips"``: every clip in a seeded global random order,
+    fetched by ranged reads through the clip index (:mod:`raylam.data.clip_index`), so consecutive
+    clips come from different episodes; for streams, whose pool of clips should span many episodes.
+    """
     decode = DecodeClips(spec, info.manifest, info.labeled_episodes(spec.num_labeled), labeled_only, labels)
+    if order == "clips":
+        import ray
+
+        from raylam.data.clip_index import FetchClips, clip_index, fetch_rows, random_clip_order
+
+        info.check_windows(spec)
+        labeled = set(info.labeled_episodes(spec.num_labeled)) if labeled_only else None
+        rows = random_clip_order(clip_index(info, split, num_cpus), labeled, shuffle_seed)
+        if not rows:
+            raise ValueError(f"dataset {info.uri}: the {split} split has no {'labeled ' if labeled_only else ''}clips")
+        blocks = max(1, min(len(rows) // (4 * clips_per_task), 1024))
+        items = ray.data.from_items(fetch_rows(rows), override_num_blocks=blocks)
+        return items.map_batches(FetchClips(decode, CLIP_MEMBERS), batch_size=clips_per_task, batch_format="numpy",
+                                 num_cpus=num_cpus)
+    if order != "shards":
+        raise ValueError(f"order: got {order!r}, expected 'shards' or 'clips'")
+    ds = read_shards(info, spec, split, labeled_only, shuffle_seed, num_cpus, suffixes=CLIP_MEMBERS)
     return ds.map_batches(decode, batch_size=clips_per_task, batch_format="numpy", num_cpus=num_cpus)
 
 

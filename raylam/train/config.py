@@ -35,6 +35,9 @@ class DataLoaderConfig:
                                                 "every later stage that reads them (0: decode per stage)")
     pool_clips: int = spec(512, ge=1, help="streaming: clips each worker holds to draw batches from "
                                            "(memory: pool_clips x clip_length frames; mixing grows with it)")
+    stream_order: str = spec("clips", choices=("clips", "shards"),
+                             help="streaming: clips = every clip in a seeded global random order, fetched by "
+                                  "ranged reads (a worker's pool spans many episodes); shards = shard by shard")
     shuffle_seed: int | None = spec(0, help="shard order seed (reshuffled every epoch); null: no shuffle")
     progress_bars: bool = spec(False, help="Ray Data's progress bars for the stage's datasets (relabel shows "
                                            "them regardless: it is one long pass)")

@@ -43,7 +43,8 @@ def stage_datasets(cfg: TrainConfig, info: DatasetInfo, labels: str | None = Non
     def clips(split: str, only_labeled: bool, shuffled: bool):
         if streamed or decoded_bytes(info, split, only_labeled, cfg.num_labeled) > cfg.data.share_bytes:
             return clip_dataset(info, spec, split, only_labeled, **common,
-                                shuffle_seed=_shuffle_seed(cfg) if shuffled else None)
+                                shuffle_seed=_shuffle_seed(cfg) if shuffled else None,
+                                order=cfg.data.stream_order if streamed and shuffled else "shards")
         return shared_clips(info, spec, split, only_labeled, common)
 
     datasets = {"train": clips("train", labeled_only, True)}
