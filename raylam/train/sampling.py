@@ -17,10 +17,14 @@ Samplers:
   (``DataLoader(shuffle=True)``). Its position is (epoch, batch index): a restore resumes mid-epoch.
 - :class:`LabeledSampler`: i.i.d. draws with replacement over the labeled transitions (the
   paper's labeled batch), forever.
-- :class:`StreamingPool`: data larger than the cache. A pool of clips fed by the Ray Data stream;
-  each batch draws transitions uniformly from everything in the pool not yet drawn, and a clip
-  whose transitions are all drawn makes room for the next one: a shuffle buffer over transitions
-  whose memory is clips (one copy of each frame), so a batch spans as many episodes as the pool holds.
+- :class:`StreamingPool`: data larger than the cache. A pool of clips fed by the Ray Data stream
+  (clips in a global random order, :mod:`raylam.data.clip_index`); each batch takes one not yet
+  drawn transition from each of ``batch`` distinct clips of the pool (all clips, and then
+  uniformly over the rest, when the pool holds fewer), and a clip whose transitions are all drawn
+  makes room for the next one: a shuffle buffer over transitions whose memory is clips (one copy
+  of each frame). Drawing across clips rather than uniformly over transitions is what makes a
+  batch span as many episodes as the pool holds clips (a uniform draw favours the clips with the
+  most transitions left, and spans fewer).
 """
 
 from __future__ import annotations
@@ -202,7 +206,8 @@ class StreamingPool:
     """A shuffle buffer over transitions whose memory is a pool of clips (see module doc).
 
     ``clip_batches`` yields numpy clip rows (one Ray Data pass); the pool keeps up to ``pool_clips``
-    clips on ``device`` and yields batches of windows until the pass and the pool are exhausted.
+    clips on ``device`` and yields batches of windows until the pass and the pool are exhausted;
+    every owned transition of the pass is drawn exactly once (less the last partial batch).
     """
 
     def __init__(self, clip_batches: Iterable[dict[str, np.ndarray]], pool_clips: int, batch_size: int,
@@ -216,30 +221,31 @@ class StreamingPool:
         self.generator = _generator(seed)
         self.store: ClipStore | None = None
         self.free: list[int] = []
-        self.remaining: np.ndarray = np.zeros(0, np.int64)  # per slot: transitions not yet drawn
-        self.pending: list[tuple[int, int]] = []  # (slot, episode step) not yet drawn
+        self.pending: dict[int, list[int]] = {}  # slot -> its episode steps not yet drawn
         self.exhausted = False
+
+    @property
+    def num_pending(self) -> int:
+        return sum(len(steps) for steps in self.pending.values())
 
     def _allocate(self, row: dict[str, np.ndarray]) -> None:
         columns = {name: np.zeros((self.pool_clips, *np.asarray(v).shape), np.asarray(v).dtype) for name, v in row.items()}
         self.store = ClipStore({name: _to_device(c, self.device, self.pin_memory) for name, c in columns.items()})
         self.free = list(range(self.pool_clips))
-        self.remaining = np.zeros(self.pool_clips, np.int64)
 
     def _put(self, row: dict[str, np.ndarray]) -> None:
         if self.store is None:
             self._allocate(row)
+        lo, hi = int(row["owned_lo"]), int(row["owned_hi"])
+        if hi <= lo:
+            return  # owns no transition (a short episode's tail clip): nothing to draw
         slot = self.free.pop()
         store = self.store
         for name, value in row.items():
             target = getattr(store, name, None)
             if isinstance(target, Tensor):
                 target[slot] = torch.as_tensor(np.asarray(value)).to(self.device)
-        lo, hi = int(row["owned_lo"]), int(row["owned_hi"])
-        self.pending.extend((slot, t) for t in range(lo, hi))
-        self.remaining[slot] = hi - lo
-        if hi <= lo:
-            self.free.append(slot)
+        self.pending[slot] = list(range(lo, hi))
 
     def _fill(self) -> None:
         while not self.exhausted and (self.store is None or self.free):
@@ -255,6 +261,26 @@ class StreamingPool:
                 else:
                     self._put(row)
 
+    def _draw(self) -> list[tuple[int, int]]:
+        """One pending transition from each of ``batch_size`` distinct clips (all of them, and the
+        rest uniformly over the remaining transitions, when fewer clips hold any)."""
+        slots = np.array(sorted(self.pending))
+        if len(slots) >= self.batch_size:
+            picked = self.rng.choice(slots, self.batch_size, replace=False)
+        else:  # one from every clip, the rest uniformly over what is left
+            extra = np.concatenate([np.full(len(self.pending[s]) - 1, s) for s in slots])
+            picked = np.concatenate([slots, self.rng.choice(extra, self.batch_size - len(slots), replace=False)])
+        chosen = []
+        for slot in picked.tolist():
+            steps = self.pending[slot]
+            i = int(self.rng.integers(len(steps)))
+            steps[i], steps[-1] = steps[-1], steps[i]  # swap-remove
+            chosen.append((slot, steps.pop()))
+            if not steps:
+                del self.pending[slot]
+                self.free.append(slot)
+        return chosen
+
     def __iter__(self) -> Iterator[Batch]:
         self._overflow: list[dict[str, np.ndarray]] = []
         while True:
@@ -262,24 +288,17 @@ class StreamingPool:
                 self._put(self._overflow.pop())
             if not self._overflow:
                 self._fill()
-            if len(self.pending) < self.batch_size:
+            if self.num_pending < self.batch_size:
                 if self.exhausted and not self._overflow:
                     return  # the pass ends; leftover transitions (< one batch) are dropped
                 if not self.free:
                     raise ValueError(f"a pool of {self.pool_clips} clips holds fewer transitions than one batch "
                                      f"({self.batch_size}): raise data.pool_clips")
                 continue
-            picks = self.rng.choice(len(self.pending), self.batch_size, replace=False)
-            chosen = [self.pending[i] for i in picks]
-            for i in sorted(picks, reverse=True):  # swap-remove the drawn transitions
-                self.pending[i] = self.pending[-1]
-                self.pending.pop()
-            slots = np.array([s for s, _ in chosen])
-            clip = torch.from_numpy(slots).to(self.device)
+            chosen = self._draw()
+            clip = torch.tensor([s for s, _ in chosen], device=self.device)
             step = torch.tensor([t for _, t in chosen], device=self.device)
             offset = self.store.draw_offsets(clip, step, self.max_offset, self.generator)
             batch = self.store.windows(clip, step, offset, self.frame_stack)
             self.last_episodes = self.store.episode[clip]  # for mixing figures
-            np.subtract.at(self.remaining, slots, 1)
-            self.free.extend(int(s) for s in np.unique(slots) if self.remaining[s] == 0)
             yield batch
