@@ -108,7 +108,7 @@ def test_a_restored_run_continues_the_epoch_where_its_checkpoint_left_it(laom_su
 
     _, run_dir = laom_sup_run
     drawn = {}
-    for checkpoint in run_dir.glob("train-*/checkpoint_*"):
+    for checkpoint in (p for p in run_dir.glob("train-*/checkpoint_*") if p.is_dir()):
         state = torch.load(checkpoint / "model.pt", map_location="cpu", weights_only=True)
         data = state["data"]
         drawn[state["step"]] = data["epoch"] * data["batches_per_epoch"] + data["position"]
