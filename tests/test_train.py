@@ -134,6 +134,21 @@ def test_run_logs_heldout_metrics_tensorboard_and_wandb(laom_sup_run):
     assert offline and all(list(p.glob("*.wandb")) for p in offline)
 
 
+def test_streamed_run_trains_through_the_clip_pool(ray_local, synthetic, tmp_path):
+    """Data bigger than the cache (cache_bytes 0): 2 workers stream clips in clip order through their
+    pools, epoch after epoch (6 episodes x 39 transitions = 234; batch 16: 14 steps an epoch)."""
+    dataset, _ = synthetic
+    cfg = train_config(dataset, tmp_path, model=to_dict(ModelConfig.small("laom")), num_workers=2,
+                       cpus_per_worker=0.5, steps=20, report_every=5, checkpoint_every=10,
+                       data={"clips_per_task": 2, "read_cpus": 0.5, "cache_bytes": 0, "pool_clips": 8})
+    result = train(cfg)
+    history = read_metrics(str(tmp_path / "raylam-lam-laom"))
+    assert [row["step"] for row in history] == [5, 10, 15, 20]
+    assert all(np.isfinite(row["loss"]) for row in history)
+    assert history[-1]["epoch"] >= 1  # the stream passed over the data more than once
+    assert result.metrics["step"] == 20
+
+
 def test_bad_artifacts_fail_early(ray_local, tmp_path, synthetic):
     with pytest.raises(FileNotFoundError, match="manifest.json does not exist"):
         train(train_config(str(tmp_path / "nothing"), tmp_path / "runs"))
