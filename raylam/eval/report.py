@@ -390,6 +390,8 @@ def _caption(results: dict) -> str:
                      "settings with background videos) on Ray actors"
                      + (f"; {where}" if where else "")
                      + ". Normalized return = return / expert return (scaled to the episode length).")
+    if results.get("evaluations"):
+        parts.append("Evaluations: " + "; ".join(results["evaluations"]) + ".")
     parts.append("± is the std over training seeds (each seed's mean over its episodes) on lines with several "
                  "seeds, else the std over episodes." if several else
                  "± is the std over episodes (one training seed per line).")

@@ -54,6 +54,12 @@ def is_heldout(episode_id: str, seed: int, fraction: float) -> bool:
     return _unit_hash("heldout", seed, episode_id) < fraction
 
 
+def assign_splits(cfg: IngestConfig, refs: list[EpisodeRef]) -> dict[str, str]:
+    """{episode id: "train" | "heldout"}: each episode's split depends on its id and the seed alone."""
+    return {r.episode_id: "heldout" if is_heldout(r.episode_id, cfg.split_seed, cfg.heldout_fraction) else "train"
+            for r in refs}
+
+
 def label_order(cfg: IngestConfig, refs: list[EpisodeRef], splits: dict[str, str]) -> list[str]:
     """Training episodes whose actions may train, in a seeded, stable order (a budget n takes the first n)."""
     with_actions = {r.episode_id for r in refs if r.has_actions}
@@ -131,7 +137,7 @@ class ClipCutter:
             out.append(self._take(self.next_start, self.count))
             self.last_start = self.next_start
             self.next_start += self.stride
-        keep_from = min(self.next_start, self.count - self.clip_length + 1)
+        keep_from = min(self.next_start, self.count - self.clip_length)  # finish() may need the last clip
         if keep_from > self.base:
             del self.frames[:keep_from - self.base]
             self.base = keep_from
@@ -289,8 +295,7 @@ def ingest(cfg: IngestConfig) -> dict:
     from tqdm.auto import tqdm
 
     refs = scan(cfg)  # every cheap check, before any output is touched
-    splits = {r.episode_id: "heldout" if is_heldout(r.episode_id, cfg.split_seed, cfg.heldout_fraction) else "train"
-              for r in refs}
+    splits = assign_splits(cfg, refs)
     if "train" not in splits.values():
         raise IngestError(f"heldout_fraction {cfg.heldout_fraction} holds out all {len(refs)} episodes; "
                           "expected at least one training episode")
