@@ -385,3 +385,23 @@ def test_bad_inputs_fail_before_any_work(tmp_path):
     with pytest.raises(IngestError, match=r"paper\.hdf5:/0: no dataset 'rewards'.*hdf5\.action_key"):
         scan(ingest_config("hdf5", [tmp_path / "paper.hdf5"], tmp_path / "o", hdf5={"action_key": "rewards"}))
     assert not (tmp_path / "o").exists()  # nothing was written
+
+
+@pytest.mark.slow
+def test_probes_use_episodes_with_actions_and_skip_states(video_dataset):
+    """The ridge probe streams every window but fits and scores only rows with true actions; the
+    state probe is skipped (no states) and rollouts too (no environment), and the evaluation says so."""
+    from raylam.data.pipeline import DatasetInfo
+    from raylam.eval.config import EvalConfig, ProbeConfig
+    from raylam.eval.evaluate import evaluations_run
+    from raylam.eval.probes import stream_probes
+
+    info = DatasetInfo(video_dataset[0])
+    cfg = ProbeConfig(fit_split="train", test_split="train", batch_size=32, max_fit_windows=None)
+    out = stream_probes(info, 3, cfg, lambda b: (b.actions, b.obs.flatten(1)[:, :4].float()))
+    assert out["state"] == {"skipped": "the dataset has no states (state_dim 0)"}
+    assert out["fit_windows"] == out["test_windows"] == (27 - 1) + (32 - 1)  # windows of cam1 and cam2 only
+    assert out["action"]["r2"] > 0.999
+    lines = evaluations_run(EvalConfig(), info, probes=True, rollouts=True)
+    assert lines[0] == "action probe: ran" and lines[1].startswith("state probe: skipped")
+    assert lines[2].startswith("rollouts: skipped, the dataset was imported (video_folder)")
