@@ -405,3 +405,27 @@ def test_probes_use_episodes_with_actions_and_skip_states(video_dataset):
     lines = evaluations_run(EvalConfig(), info, probes=True, rollouts=True)
     assert lines[0] == "action probe: ran" and lines[1].startswith("state probe: skipped")
     assert lines[2].startswith("rollouts: skipped, the dataset was imported (video_folder)")
+
+
+@pytest.mark.slow
+def test_laom_trains_on_video_without_any_actions(ray_local, tmp_path):
+    """A folder of videos and nothing else: action_dim 0, no labels; unsupervised LAOM still trains."""
+    from raylam.config import to_dict
+    from raylam.models.config import ModelConfig
+    from raylam.train.config import TrainConfig
+    from raylam.train.trainer import train
+
+    (tmp_path / "src").mkdir()
+    for i in range(2):
+        write_video(tmp_path / "src" / f"v{i}.mp4", frames_of(i, 30, 32, 32))
+    manifest = ingest(ingest_config("video_folder", [tmp_path / "src"], tmp_path / "data"))
+    assert manifest["available"]["actions"] == "none" and manifest["action_dim"] == 0
+    assert manifest["num_labeled"] == 0
+    cfg = from_dict(TrainConfig, {
+        "stage": "lam", "dataset": str(tmp_path / "data"), "storage_path": str(tmp_path), "run_name": "laom",
+        "model": {**to_dict(ModelConfig.small("laom")), "image_size": SIZE, "max_offset": 4},
+        "steps": 2, "batch_size": 8, "report_every": 1, "checkpoint_every": 2, "num_workers": 1, "eval_every": 0,
+        "data": {"clips_per_task": 2, "read_cpus": 0.5}})
+    metrics = train(cfg, "ingest-test").metrics
+    assert metrics["step"] == 2 and np.isfinite(metrics["loss"])
+    assert not any(k.startswith("probe/") for k in metrics)  # neither actions nor states to probe
