@@ -36,9 +36,9 @@ def frames_of(episode: int, length: int, h: int, w: int) -> np.ndarray:
     return frames
 
 
-def write_video(path: Path, frames: np.ndarray, fps: int = 10) -> None:
+def write_video(path: Path, frames: np.ndarray, fps: int = 10, codec: str = "libx264") -> None:
     with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=fps, options={"crf": "10"})
+        stream = container.add_stream(codec, rate=fps, options={"crf": "10"} if codec == "libx264" else {})
         stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
         for frame in frames:
             for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
@@ -238,7 +238,7 @@ def test_paper_hdf5(ray_local, tmp_path):
             assert np.allclose(top, frames_of(int(clip.meta["source_item"]), 20, 24, 24)[window][:, 2, :, 0].mean(1), atol=2)
 
 
-def write_lerobot_v3(root: Path, lengths=(12, 9, 15), hw: int = 24, fps: int = 10) -> None:
+def write_lerobot_v3(root: Path, lengths=(12, 9, 15), hw: int = 24, fps: int = 10, codec: str = "libx264") -> None:
     """A LeRobot v3 dataset on disk: every episode's frames in one mp4, rows in one parquet file."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -258,7 +258,7 @@ def write_lerobot_v3(root: Path, lengths=(12, 9, 15), hw: int = 24, fps: int = 1
         "data_path": "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet",
         "video_path": "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"}))
     frames = np.concatenate([frames_of(e, n, hw, hw) for e, n in enumerate(lengths)])
-    write_video(root / "videos" / key / "chunk-000" / "file-000.mp4", frames, fps)
+    write_video(root / "videos" / key / "chunk-000" / "file-000.mp4", frames, fps, codec)
     starts = np.cumsum((0, *lengths))
     rows = {"episode_index": [], "frame_index": [], "index": [], "timestamp": [], "action": [], "observation.state": []}
     for e, n in enumerate(lengths):
@@ -284,8 +284,9 @@ LEROBOT_KEYS = {"camera_key": "observation.images.cam", "action_key": "action", 
 
 
 @pytest.mark.slow
-def test_lerobot_v3(ray_local, tmp_path):
-    write_lerobot_v3(tmp_path / "lerobot")
+@pytest.mark.parametrize("codec", ["libx264", "libsvtav1"])  # LeRobot encodes AV1 by default
+def test_lerobot_v3(ray_local, tmp_path, codec):
+    write_lerobot_v3(tmp_path / "lerobot", codec=codec)
     cfg = ingest_config("lerobot", [tmp_path / "lerobot"], tmp_path / "out", lerobot=LEROBOT_KEYS)
     manifest = ingest(cfg)
     assert manifest["episode_lengths"] == {"ep000000": 12, "ep000001": 9, "ep000002": 15}
@@ -349,7 +350,9 @@ def test_failed_shard_keeps_finished_ones_and_rerun_completes(ray_local, tmp_pat
     kept = {n: (out / n).stat().st_mtime_ns for n in ("shard-000000.tar", "shard-000002.tar")}
 
     Image.fromarray(frames_of(1, 10, 16, 16)[5]).save(broken)
+    (out / "shard-000001.tar.tmp-0badc0de").write_bytes(b"half a shard")  # as a killed task leaves it
     manifest = ingest(cfg)
+    assert not [p.name for p in out.iterdir() if ".tmp-" in p.name]
     assert {n: (out / n).stat().st_mtime_ns for n in kept} == kept  # finished shards were not rewritten
     assert manifest["num_episodes"] == 3 and len(manifest["shards"]) == 3
     report = inspect_dataset(str(out))

@@ -278,11 +278,11 @@ def scan_hdf5(cfg: IngestConfig) -> list[EpisodeRef]:
                 where = f"{path}:/{group}"
                 if not isinstance(node, h5py.Group):
                     raise IngestError(f"{where}: expected a trajectory group holding {keys.obs_key!r}")
-                for key in (keys.obs_key, keys.action_key, keys.state_key):
+                for name, key in (("obs_key", keys.obs_key), ("action_key", keys.action_key),
+                                  ("state_key", keys.state_key)):
                     if key is not None and key not in node:
                         raise IngestError(f"{where}: no dataset {key!r} (has {sorted(node.keys())}); expected "
-                                          f"hdf5.{'obs_key' if key == keys.obs_key else 'action_key' if key == keys.action_key else 'state_key'} "
-                                          "to name one")
+                                          f"hdf5.{name} to name one")
                 obs = node[keys.obs_key]
                 if obs.ndim != 4 or obs.shape[-1] != 3 or obs.dtype != np.uint8:
                     raise IngestError(f"{where}/{keys.obs_key}: {obs.dtype} {list(obs.shape)}; expected uint8 [T, H, W, 3]")
