@@ -432,3 +432,15 @@ def test_laom_trains_on_video_without_any_actions(ray_local, tmp_path):
     metrics = train(cfg, "ingest-test").metrics
     assert metrics["step"] == 2 and np.isfinite(metrics["loss"])
     assert not any(k.startswith("probe/") for k in metrics)  # neither actions nor states to probe
+
+
+@pytest.mark.slow
+def test_decoded_bytes_counts_clips_of_episodes_of_any_length(video_dataset):
+    """The cache decision sizes imported data by each episode's own length, not the longest one's."""
+    from raylam.data.clips import decoded_bytes
+    from raylam.data.pipeline import DatasetInfo
+
+    info = DatasetInfo(video_dataset[0])
+    assert decoded_bytes(info) == info.manifest["num_samples"] * 16 * SIZE * SIZE * 3
+    clips_cam1 = len(clip_starts(27, 16, 12)) + len(clip_starts(32, 16, 12))
+    assert decoded_bytes(info, labeled_only=True) == clips_cam1 * 16 * SIZE * SIZE * 3
