@@ -6,8 +6,8 @@ Makes its own sources in a temporary folder (moving textures, so the codecs have
         resized to 64x64 on ingest
   hdf5: the LAOM paper's layout, --episodes trajectories of --length 64x64 frames + actions + states
 Prints, per source:
-  (1) one process, no Ray: frames/s of decode + resize alone, and of the whole per-episode work
-      (decode, resize, clip cutting, lossless mp4 encode of the clips): that is the per-core figure;
+  (1) one process, no Ray: frames per CPU-second of decode + resize alone, and of the whole
+      per-episode work (decode, resize, clip cutting, lossless mp4 encode of the clips): the per-core figure;
   (2) `raylam ingest` end to end (scan, Ray tasks, tar write, manifest) with 1 and 2 workers.
 
     python benchmarks/ingest_sources.py                       # the figures quoted in README.md
@@ -79,18 +79,19 @@ def config(source: str, path: str, output: str, workers: int | None = None) -> I
                                     "heldout_fraction": 0.0, "num_workers": workers, "progress": False})
 
 
-def one_process(cfg: IngestConfig) -> tuple[float, float, int]:
-    """(decode+resize frames/s, whole per-episode work frames/s, frames) in this process."""
+def one_process(cfg: IngestConfig) -> tuple[float, float]:
+    """(decode+resize, whole per-episode work) in frames per CPU-second of this process: a per-core
+    figure that other jobs on the machine disturb far less than a wall-clock rate."""
     refs = scan(cfg)
     dims = source_dims(cfg, refs)
-    started, frames = time.perf_counter(), 0
+    started, frames = time.process_time(), 0
     for ref in refs:
         frames += sum(1 for _ in read_episode(cfg, ref).frames)
-    decode = frames / (time.perf_counter() - started)
-    started = time.perf_counter()
+    decode = frames / (time.process_time() - started)
+    started = time.process_time()
     for i, ref in enumerate(refs):
         episode_samples(cfg, ref, i, "train", False, dims)
-    return decode, frames / (time.perf_counter() - started), frames
+    return decode, frames / (time.process_time() - started)
 
 
 def main() -> None:
@@ -99,6 +100,7 @@ def main() -> None:
     parser.add_argument("--length", type=int, default=250)
     parser.add_argument("--source-size", type=int, default=128, help="mp4 frame size before the resize to 64")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--repeats", type=int, default=3, help="runs per figure; the median is printed")
     args = parser.parse_args()
 
     import ray
@@ -112,27 +114,30 @@ def main() -> None:
         print(f"{args.episodes} episodes x {args.length} frames; mp4 {args.source_size}x{args.source_size} "
               "H.264 -> 64x64; hdf5 64x64; clips of 64, lossless mp4 in the shards; "
               f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
-        print("\n(1) one process, no Ray")
-        print("| source | decode + resize, frames/s | whole ingest work per core, frames/s |")
+        print(f"\n(1) one process, no Ray; frames per CPU-second, median of {args.repeats}")
+        print("| source | decode + resize | whole ingest work (per core) |")
         print("|---|---|---|")
         for name, (source, path) in sources.items():
-            decode, whole, _ = one_process(config(source, path, os.path.join(work, "unused")))
-            print(f"| {name} | {decode:.0f} | {whole:.0f} |")
+            runs = [one_process(config(source, path, os.path.join(work, "unused"))) for _ in range(args.repeats)]
+            print(f"| {name} | {np.median([r[0] for r in runs]):.0f} | {np.median([r[1] for r in runs]):.0f} |")
 
         ray.init(num_cpus=max(args.workers), include_dashboard=False, log_to_driver=False)
-        print("\n(2) raylam ingest end to end (Ray tasks, one shard per episode)")
+        print(f"\n(2) raylam ingest end to end (Ray tasks, one shard per episode); wall-clock, median of {args.repeats}")
         print("| source | workers | frames/s | speed-up |")
         print("|---|---|---|---|")
         for name, (source, path) in sources.items():
             base = None
             for workers in args.workers:
-                output = os.path.join(work, f"out-{name}-{workers}")
-                started = time.perf_counter()
-                manifest = ingest(config(source, path, output, workers))
-                rate = manifest["num_transitions"] / (time.perf_counter() - started)
+                rates = []
+                for repeat in range(args.repeats):
+                    output = os.path.join(work, f"out-{name}-{workers}-{repeat}")
+                    started = time.perf_counter()
+                    manifest = ingest(config(source, path, output, workers))
+                    rates.append(manifest["num_transitions"] / (time.perf_counter() - started))
+                    shutil.rmtree(output)
+                rate = float(np.median(rates))
                 base = base or rate
                 print(f"| {name} | {workers} | {rate:.0f} | {rate / base:.2f}x |")
-                shutil.rmtree(output)
         print(f"\nload average after: {os.getloadavg()[0]:.1f}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
