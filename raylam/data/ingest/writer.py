@@ -24,12 +24,12 @@ import numpy as np
 
 from raylam import __version__
 from raylam.config import to_dict
-from raylam.data.collect import ShardPlan, finished_shards
 from raylam.data.ingest.config import IngestConfig
 from raylam.data.ingest.episodes import EpisodeRef, IngestError, check_action_rows
 from raylam.data.ingest.sidecars import load_sidecar
 from raylam.data.ingest.sources import read_episode, scan
 from raylam.data.manifest import FORMAT, MANIFEST
+from raylam.data.plan import ShardPlan, finished_shards
 from raylam.data.shards import Clip, clip_key, encode_clip, write_tar
 from raylam.data.storage import Location, resolve
 
