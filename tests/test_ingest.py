@@ -444,3 +444,30 @@ def test_decoded_bytes_counts_clips_of_episodes_of_any_length(video_dataset):
     assert decoded_bytes(info) == info.manifest["num_samples"] * 16 * SIZE * SIZE * 3
     clips_cam1 = len(clip_starts(27, 16, 12)) + len(clip_starts(32, 16, 12))
     assert decoded_bytes(info, labeled_only=True) == clips_cam1 * 16 * SIZE * SIZE * 3
+
+
+def test_labeled_subset_nests_and_bad_choices_are_named(tmp_path):
+    from raylam.data.ingest.writer import label_order
+
+    for i in range(8):
+        write_jpgs(tmp_path / "src" / f"ep{i}", frames_of(0, 3, 8, 8))
+        if i < 6:
+            np.save(tmp_path / "src" / f"ep{i}" / "actions.npy", np.zeros((3, 1), np.float32))
+
+    def order(**changes):
+        cfg = ingest_config("frame_folders", [tmp_path / "src"], tmp_path / "o", heldout_fraction=0.3, **changes)
+        refs = scan(cfg)
+        return label_order(cfg, refs, assign_splits(cfg, refs)), assign_splits(cfg, refs)
+
+    everything, splits = order()
+    train_with_actions = sorted(e for e, s in splits.items() if s == "train" and int(e[2:]) < 6)
+    assert sorted(everything) == train_with_actions and len(everything) >= 2
+    two, _ = order(num_labeled=2)
+    assert two == everything[:2]  # budgets nest: the 2-label set is the first 2 of the full order
+    held_out = next(e for e, s in splits.items() if s == "heldout")
+    with pytest.raises(IngestError, match=f"labeled_episodes: episode '{held_out}' is held out"):
+        order(labeled_episodes=[held_out])
+    with pytest.raises(IngestError, match="labeled_episodes: episode 'ep7' has no actions"):
+        order(labeled_episodes=["ep7"])
+    with pytest.raises(IngestError, match=f"num_labeled: got 9, but only {len(everything)} training episodes have"):
+        order(num_labeled=9)
