@@ -26,8 +26,8 @@ import numpy as np
 
 from raylam.config import from_dict
 from raylam.data.ingest import IngestConfig, ingest
-from raylam.data.ingest.sources import read_episode, scan
-from raylam.data.ingest.writer import episode_samples, source_dims
+from raylam.data.ingest.sources import read_episode, scan, source_dims
+from raylam.data.ingest.writer import episode_samples
 
 
 def moving_frames(episode: int, length: int, size: int) -> np.ndarray:

@@ -73,3 +73,12 @@ def hdf5_arrays(cfg: IngestConfig, ref: EpisodeRef) -> tuple[np.ndarray | None, 
         for key in (cfg.hdf5.action_key, cfg.hdf5.state_key):
             out.append(None if key is None else np.asarray(node[key][:], np.float32).reshape(ref.length, -1))
     return out[0], out[1]
+
+
+def hdf5_dims(cfg: IngestConfig, ref: EpisodeRef) -> dict[str, int]:
+    import h5py
+
+    with h5py.File(ref.path, "r") as handle:
+        node = handle[ref.item]
+        return {name: int(np.prod(node[key].shape[1:])) if key is not None else 0
+                for name, key in (("action_dim", cfg.hdf5.action_key), ("state_dim", cfg.hdf5.state_key))}

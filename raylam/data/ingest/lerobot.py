@@ -121,3 +121,10 @@ def lerobot_arrays(cfg: IngestConfig, ref: EpisodeRef) -> tuple[np.ndarray | Non
         flat = pc.list_flatten(values) if hasattr(values.type, "value_type") else values
         out.append(np.asarray(flat.to_numpy(zero_copy_only=False), np.float32).reshape(ref.length, -1))
     return out[0], out[1]
+
+
+def lerobot_dims(cfg: IngestConfig, ref: EpisodeRef) -> dict[str, int]:
+    features = json.loads((Path(ref.path) / "meta" / "info.json").read_text())["features"]
+    keys = cfg.lerobot
+    return {"action_dim": int(np.prod(features[keys.action_key]["shape"])),
+            "state_dim": int(np.prod(features[keys.state_key]["shape"])) if keys.state_key else 0}

@@ -78,3 +78,15 @@ def read_episode(cfg: IngestConfig, ref: EpisodeRef) -> EpisodeData:
         check_action_rows(ref, len(actions), ref.length)
     return EpisodeData(frames=frames, actions=actions, states=states, meta=meta,
                        max_frames=None if actions is None else len(actions))
+
+
+def source_dims(cfg: IngestConfig, refs: list[EpisodeRef]) -> dict[str, int]:
+    """Action and state widths of the dataset (0: the source has none), read from one episode; every
+    other episode is checked against them as it is written."""
+    if cfg.source == "hdf5":
+        return hdf5.hdf5_dims(cfg, refs[0])
+    if cfg.source == "lerobot":
+        return lerobot.lerobot_dims(cfg, refs[0])
+    with_actions = [r for r in refs if r.sidecar is not None]
+    width = load_sidecar(with_actions[0].sidecar, cfg.action_columns).shape[1] if with_actions else 0
+    return {"action_dim": width, "state_dim": 0}

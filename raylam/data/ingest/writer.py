@@ -26,8 +26,7 @@ from raylam import __version__
 from raylam.config import to_dict
 from raylam.data.ingest.config import IngestConfig
 from raylam.data.ingest.episodes import EpisodeRef, IngestError, check_action_rows
-from raylam.data.ingest.sidecars import load_sidecar
-from raylam.data.ingest.sources import read_episode, scan
+from raylam.data.ingest.sources import read_episode, scan, source_dims
 from raylam.data.manifest import FORMAT, MANIFEST
 from raylam.data.plan import ShardPlan, finished_shards
 from raylam.data.shards import Clip, clip_key, encode_clip, write_tar
@@ -84,29 +83,6 @@ def plan_shards(cfg: IngestConfig, refs: list[EpisodeRef], splits: dict[str, str
             plans.append(ShardPlan(index=len(plans), split=split,
                                    episodes=tuple(indices[lo:lo + cfg.episodes_per_shard])))
     return plans
-
-
-def source_dims(cfg: IngestConfig, refs: list[EpisodeRef]) -> dict[str, int]:
-    """Action and state widths of the dataset (0: the source has none), read from one episode."""
-    import json as _json
-    from pathlib import Path
-
-    if cfg.source == "hdf5":
-        import h5py
-
-        with h5py.File(refs[0].path, "r") as handle:
-            node = handle[refs[0].item]
-            width = {k: int(np.prod(node[v].shape[1:])) if v is not None else 0
-                     for k, v in (("action_dim", cfg.hdf5.action_key), ("state_dim", cfg.hdf5.state_key))}
-        return width
-    if cfg.source == "lerobot":
-        features = _json.loads((Path(refs[0].path) / "meta" / "info.json").read_text())["features"]
-        keys = cfg.lerobot
-        return {"action_dim": int(np.prod(features[keys.action_key]["shape"])),
-                "state_dim": int(np.prod(features[keys.state_key]["shape"])) if keys.state_key else 0}
-    labeled = [r for r in refs if r.sidecar is not None]
-    return {"action_dim": load_sidecar(labeled[0].sidecar, cfg.action_columns).shape[1] if labeled else 0,
-            "state_dim": 0}
 
 
 # ---------------------------------------------------------------- clips from a stream
