@@ -471,3 +471,13 @@ def test_labeled_subset_nests_and_bad_choices_are_named(tmp_path):
         order(labeled_episodes=["ep7"])
     with pytest.raises(IngestError, match=f"num_labeled: got 9, but only {len(everything)} training episodes have"):
         order(num_labeled=9)
+
+
+def test_example_config_loads_with_its_training_chain():
+    from raylam.experiment import load_experiment
+
+    root = Path(__file__).resolve().parents[1]
+    exp = load_experiment(root / "configs" / "ingest_example.yaml", ["ingest.paths=[data/other_videos]"])
+    assert exp.ingest.source == "video_folder" and exp.ingest.paths == ["data/other_videos"]
+    assert exp.train.dataset == exp.ingest.output
+    assert [exp.stage(i).stage for i in range(len(exp.stages))] == ["lam", "relabel", "latent_bc", "action_decoder"]
