@@ -302,7 +302,7 @@ def ingest(cfg: IngestConfig) -> dict:
         plan = running.pop(ready[0])
         try:
             info = ray.get(ready[0])
-        except ray.exceptions.RayTaskError as err:
+        except ray.exceptions.RayError as err:  # bad input in the task, or a worker lost past max_retries
             cause = err.cause if isinstance(getattr(err, "cause", None), Exception) else err
             failures.append(f"{plan.name}: {cause}" if not isinstance(cause, IngestError) else str(cause))
             bar.write(f"failed: {failures[-1]}")
