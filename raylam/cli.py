@@ -64,6 +64,18 @@ def cmd_collect(args) -> int:
     return 0
 
 
+def cmd_ingest(args) -> int:
+    from raylam.data.ingest import ingest
+
+    cfg = _load(args).ingest
+    cfg.validate()  # an experiment file without an `ingest` section fails here, naming the key
+    m = ingest(cfg)
+    print(f"wrote {m['num_episodes']} episodes ({m['num_transitions']} frames, {len(m['shards'])} shards, "
+          f"{m['num_labeled']} labeled, {len(m['splits']['heldout'])} held-out shards) to {cfg.output}; "
+          f"available: {m['available']}")
+    return 0
+
+
 def cmd_train(args) -> int:
     cfg = _load(args)
     from raylam.train.trainer import train
@@ -164,9 +176,10 @@ def cmd_inspect(args) -> int:
     report = inspect_dataset(args.dataset)
     print(report.summary())
     if args.grid:
-        from raylam.envs.render import configure_rendering
+        if report.manifest.get("physics_dim", 0):  # re-rendering needs MuJoCo; imported data has no physics
+            from raylam.envs.render import configure_rendering
 
-        configure_rendering("auto")
+            configure_rendering("auto")
         frame_grid(args.dataset, args.grid, clips=args.clips, seed=args.seed)
         print(f"frame grid written to {args.grid}")
     return 0 if report.ok else 1
@@ -179,6 +192,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("collect", help="roll out experts in the distracting env, write WebDataset shards")
     _add_config_args(p)
     p.set_defaults(func=cmd_collect)
+
+    p = sub.add_parser("ingest", help="turn your own videos, frame folders, LeRobot v3 or LAOM HDF5 data into shards")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_ingest)
 
     p = sub.add_parser("train", help="run the training stages of an experiment on Ray Train (all, or --stage)")
     _add_config_args(p)

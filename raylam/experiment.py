@@ -20,6 +20,7 @@ from typing import Any
 
 from raylam.config import ConfigError, apply_overrides, from_dict, load_yaml, spec, to_dict
 from raylam.data.config import CollectConfig
+from raylam.data.ingest.config import IngestConfig
 from raylam.eval.config import EvalConfig
 from raylam.train.config import TrainConfig
 from raylam.tune.config import TuneConfig
@@ -29,6 +30,8 @@ from raylam.tune.config import TuneConfig
 class ExperimentConfig:
     name: str = spec("quickstart", help="experiment name: runs go to <storage_path>/<name>/<run_name>")
     collect: CollectConfig = spec(CollectConfig(), help="expert data collection")
+    ingest: IngestConfig = spec(IngestConfig(), help="raylam ingest: your own videos, frames, LeRobot or HDF5 data "
+                                                     "(raylam.data.ingest.config)")
     train: TrainConfig = spec(TrainConfig(), help="settings shared by every training stage")
     stages: list[dict[str, Any]] = spec([], help="the chain: each entry overrides `train` for one stage")
     evaluate: EvalConfig = spec(EvalConfig(), help="probes and rollouts of the chain's runs, and the report")

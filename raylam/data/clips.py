@@ -169,13 +169,14 @@ def decoded_bytes(info: DatasetInfo, split: str = "train", labeled_only: bool = 
     names = set(info.manifest["splits"].get(split, []))
     labeled = set(info.labeled_episodes(num_labeled))
     clips = 0
-    per_episode = len(clip_starts(info.manifest["episode_length"], info.manifest["clip_length"],
-                                  info.manifest["overlap"]))
+    lengths = info.manifest.get("episode_lengths", {})  # imported data: episodes of any length
+    clip_length, overlap = info.manifest["clip_length"], info.manifest["overlap"]
     for shard in info.manifest["shards"]:
         if shard["name"] not in names:
             continue
         episodes = [e for e in shard["episodes"] if not labeled_only or e in labeled]
-        clips += len(episodes) * per_episode
+        clips += sum(len(clip_starts(lengths.get(e, info.manifest["episode_length"]), clip_length, overlap))
+                     for e in episodes)
     h, w, c = info.manifest["frame_shape"]
     return clips * info.manifest["clip_length"] * h * w * c
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import time
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -18,23 +17,9 @@ from raylam import __version__
 from raylam.config import to_dict
 from raylam.data.config import CollectConfig
 from raylam.data.manifest import FORMAT, MANIFEST, PLAN
+from raylam.data.plan import ShardPlan, finished_shards
 from raylam.data.shards import Clip, clip_key, clip_starts, encode_clip, write_tar
 from raylam.data.storage import Location, resolve
-
-
-@dataclass(frozen=True)
-class ShardPlan:
-    index: int
-    split: str  # "train" | "heldout"
-    episodes: tuple[int, ...]
-
-    @property
-    def name(self) -> str:
-        return f"shard-{self.index:06d}.tar"
-
-    @property
-    def info_name(self) -> str:
-        return f"shard-{self.index:06d}.json"
 
 
 def episode_id(index: int) -> str:
@@ -164,15 +149,6 @@ def write_shard(cfg: CollectConfig, plan: ShardPlan, labeled: frozenset[int], ro
     location.write_json(plan.info_name, info)
     location.rename(tmp, plan.name)
     return info
-
-
-def finished_shards(location: Location, plans: list[ShardPlan]) -> dict[int, dict]:
-    names = set(location.list())
-    done = {}
-    for plan in plans:
-        if plan.name in names and plan.info_name in names:
-            done[plan.index] = location.read_json(plan.info_name)
-    return done
 
 
 def _check_same_plan(location: Location, cfg: CollectConfig) -> None:

@@ -35,6 +35,8 @@ class InspectReport:
         lines = [f"dataset {self.uri}"]
         if m:
             ret = m.get("episode_return", {})
+            lines += [f"  imported from {m['source']}; available: "
+                      + ", ".join(f"{k} {v}" for k, v in m.get("available", {}).items())] if m.get("imported") else []
             lines += [
                 f"  task {m.get('task')}  frames {m.get('frame_shape')} ({m.get('frames_format')})"
                 f"  action_dim {m.get('action_dim')}  state_dim {m.get('state_dim')}",
@@ -45,9 +47,10 @@ class InspectReport:
                 + f"  size {sum(s.get('bytes', 0) for s in m.get('shards', [])) / 2**20:.1f} MiB",
                 f"  labeled episodes {m.get('num_labeled')}: {', '.join(m.get('labeled_episodes', [])[:8])}"
                 + (" ..." if m.get("num_labeled", 0) > 8 else ""),
-                f"  episode return {ret.get('mean', float('nan')):.1f} ± {ret.get('std', float('nan')):.1f}"
-                f" (min {ret.get('min', float('nan')):.1f}, max {ret.get('max', float('nan')):.1f})",
             ]
+            if ret:  # imported data without returns has none
+                lines.append(f"  episode return {ret['mean']:.1f} ± {ret['std']:.1f}"
+                             f" (min {ret['min']:.1f}, max {ret['max']:.1f})")
         lines.append(f"  checked {self.checked_shards} shards, {self.checked_samples} clips")
         if self.ok:
             lines.append("  OK")
@@ -80,8 +83,13 @@ def check_clip(clip: Clip, manifest: dict, labeled: set[str], where: str) -> lis
             f"{where}: meta.labeled is {clip.meta.get('labeled')} but episode {episode} is "
             f"{'' if episode in labeled else 'not '}in the manifest's labeled set"
         )
-    if not np.isfinite(clip.actions).all() or not np.isfinite(clip.states).all():
-        problems.append(f"{where}: actions or states hold NaN/inf")
+    if clip.meta.get("has_actions", True):
+        if not np.isfinite(clip.actions).all() or not np.isfinite(clip.states).all():
+            problems.append(f"{where}: actions or states hold NaN/inf")
+    elif not np.isnan(clip.actions).all():  # imported episode without actions: absent, never made up
+        problems.append(f"{where}: meta.has_actions is false but actions.npy holds values (expected NaN)")
+    elif episode in labeled:
+        problems.append(f"{where}: episode {episode} is labeled but has no actions")
     return problems
 
 
@@ -193,12 +201,14 @@ def frame_grid(uri: str, png_path: str, clips: int = 3, frames_per_clip: int = 6
     import matplotlib.pyplot as plt
 
     manifest = load_manifest(resolve(uri))
-    camera = manifest["config"]["env"].get("camera_id", 0)
+    physics = manifest.get("physics_dim", 0) > 0  # imported data has no physics state to re-render
+    camera = manifest["config"]["env"].get("camera_id", 0) if physics else 0
     rows = []
     for clip in sample_clips(uri, clips, seed):
         steps = np.linspace(0, len(clip) - 1, frames_per_clip).round().astype(int)
-        clean = render_clean(manifest["task"], clip.physics[steps], clip.frames.shape[1], camera)
-        rows += [clip.frames[steps], clean]
+        rows.append(clip.frames[steps])
+        if physics:
+            rows.append(render_clean(manifest["task"], clip.physics[steps], clip.frames.shape[1], camera))
     size = rows[0].shape[1]
     pad = 2
     grid = np.full(
@@ -211,7 +221,8 @@ def frame_grid(uri: str, png_path: str, clips: int = 3, frames_per_clip: int = 6
     fig, ax = plt.subplots(figsize=(grid.shape[1] * scale / 100, grid.shape[0] * scale / 100 + 0.4), dpi=100)
     ax.imshow(grid, interpolation="nearest")
     ax.set_axis_off()
-    ax.set_title(f"{manifest['task']}: recorded (odd rows) vs clean re-render (even rows)", fontsize=8)
+    title = "recorded (odd rows) vs clean re-render (even rows)" if physics else f"recorded frames ({manifest.get('source')})"
+    ax.set_title(f"{manifest['task']}: {title}", fontsize=8)
     fig.savefig(png_path, bbox_inches="tight")
     plt.close(fig)
     return png_path

@@ -55,6 +55,8 @@ class RolloutConfig:
                                                  "JPEGImages/480p where the rollout actors run, docs/DAVIS.md); "
                                                  "null: the dataset's own, as its manifest records it")
     episode_length: int | None = spec(None, ge=2, help="steps per episode; null: the dataset's episode length")
+    task: str | None = spec(None, help="imported data (raylam ingest) records no environment: the dm-control task "
+                                       "to roll policies out in (e.g. cheetah-run); null: no rollouts for such data")
     seed: int = spec(1000, ge=0, help="episode i uses seed (seed, i), the same for every method")
     num_actors: int | None = spec(None, ge=1, help="environment actors; null: one per CPU (at most episodes)")
     cpus_per_actor: float = spec(1.0, gt=0.0)

@@ -100,13 +100,16 @@ def evaluate_methods(cfg: EvalConfig, run_root: str | Mapping[int, str], output:
         rows += seed_rows
         for method, frames in seed_strips.items():  # the report's strips: the first seed's
             strips.setdefault(method, frames)
-    if rollouts and cfg.rollout.episodes and cfg.rollout.references and rows:
-        info = DatasetInfo(dataset or rows[0]["dataset"])
+    info = DatasetInfo(dataset or rows[0]["dataset"]) if rows else None
+    if rollouts and cfg.rollout.episodes and cfg.rollout.references and rows and rollout_env(info, cfg) is not None:
         for kind in REFERENCES:  # the same episodes for every seed: rolled out once
             row = _row(kind, {}, None, info, None)
             row["rollouts"], strips[kind] = _act(kind, {"kind": kind}, info, cfg)
             rows.append(row)
     results = _document(cfg, experiment, rows, time.perf_counter() - start)
+    results["evaluations"] = evaluations_run(cfg, info, probes, rollouts)
+    for line in results["evaluations"]:
+        print(f"   evaluation: {line}", flush=True)
     out = resolve(output)
     out.makedirs()
     out.write_json(RESULTS, results)
@@ -151,13 +154,47 @@ def _evaluate_root(cfg: EvalConfig, run_root: str, seed: int, strict: bool, data
 
             print(f"== probe {m.name}: {runs['lam']}", flush=True)
             row["probe"] = probe_run(runs["lam"], cfg.probe, dataset=info.uri)
-            print(f"   action probe MSE {row['probe']['action']['mse']:.4f} R2 {row['probe']['action']['r2']:.3f}; "
-                  f"state probe R2 {row['probe']['state']['r2']:.3f}", flush=True)
-        if rollouts and cfg.rollout.episodes and runs["policy"]:
+            print("   " + "; ".join(f"{k} probe MSE {v['mse']:.4f} R2 {v['r2']:.3f}" for k, v in row["probe"].items()
+                                   if isinstance(v, dict) and "mse" in v), flush=True)
+        if rollouts and cfg.rollout.episodes and runs["policy"] and rollout_env(info, cfg) is not None:
             agent = {"kind": "policy", "policy": runs["policy"], "decoder": runs["decoder"]}
             row["rollouts"], strips[m.name] = _act(m.name, agent, info, cfg)
         rows.append(row)
     return rows, strips
+
+
+def rollout_env(info: DatasetInfo, cfg: EvalConfig) -> EnvConfig | None:
+    """The environment rollouts act in: the dataset's; for imported data (no environment) the
+    ``evaluate.rollout.task`` the user names, else None (rollouts are skipped)."""
+    if not info.manifest.get("imported"):
+        return env_of_dataset(info)
+    if cfg.rollout.task is None:
+        return None
+    h, w, _ = info.manifest["frame_shape"]
+    return from_dict(EnvConfig, {"task": cfg.rollout.task, "image_size": h,
+                                 "episode_length": cfg.rollout.episode_length or 1000})
+
+
+def evaluations_run(cfg: EvalConfig, info: DatasetInfo | None, probes: bool, rollouts: bool) -> list[str]:
+    """One line per evaluation: ran, or skipped and why (for the report)."""
+    if info is None:
+        return ["nothing evaluated: no method rows"]
+    from raylam.eval.probes import probes_skipped
+
+    lines = []
+    if probes and cfg.probe.enabled:
+        skipped = probes_skipped(info)
+        lines += [f"{k} probe: {'skipped, ' + skipped[k] if k in skipped else 'ran'}" for k in ("action", "state")]
+    else:
+        lines.append("probes: not asked for")
+    if not (rollouts and cfg.rollout.episodes):
+        lines.append("rollouts: not asked for")
+    elif info.manifest.get("imported") and cfg.rollout.task is None:
+        lines.append(f"rollouts: skipped, the dataset was imported ({info.manifest.get('source')}) and records no "
+                     "environment; name one with evaluate.rollout.task")
+    else:
+        lines.append(f"rollouts: ran in {rollout_env(info, cfg).task}")
+    return lines
 
 
 def _method_artifact(m: MethodRuns, runs: dict) -> dict:
@@ -172,7 +209,7 @@ def _act(name: str, agent: dict, info: DatasetInfo, cfg: EvalConfig) -> tuple[di
     """Rollouts of one agent in every setting: ({setting: summary}, {setting: frames})."""
     from raylam.eval.rollout import evaluate_online
 
-    env = env_of_dataset(info)
+    env = rollout_env(info, cfg)
     conditions = [rollout_key(*c) for c in cfg.rollout.runs()]
     print(f"== rollouts {name}: {cfg.rollout.episodes} episodes x {conditions}", flush=True)
     summaries, frames = {}, {}

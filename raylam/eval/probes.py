@@ -18,6 +18,7 @@ import torch
 from raylam.data.pipeline import DatasetInfo, WindowSpec, configure_data_context, window_dataset
 from raylam.eval.config import ProbeConfig
 from raylam.models import Batch, Moments, RidgeFit
+from raylam.models.probes import finite_rows
 from raylam.train.artifacts import load_run
 from raylam.train.loop import rows_to_batch
 
@@ -56,19 +57,40 @@ def stream_probes(info: DatasetInfo, frame_stack: int, cfg: ProbeConfig, inputs:
             have = sorted(k for k, v in info.manifest["splits"].items() if v)
             raise ValueError(f"probe: dataset {info.uri} has no {split!r} split (has {have}); set evaluate.probe.*_split")
     configure_data_context(False)
-    fits = {"action": RidgeFit(), "state": RidgeFit()}
+    skipped = probes_skipped(info)
+    for name, reason in skipped.items():
+        print(f"   {name} probe skipped: {reason}", flush=True)
+    kinds = [k for k in ("action", "state") if k not in skipped]
+    fits = {name: RidgeFit() for name in kinds}
     for batch in _windows(info, frame_stack, cfg.fit_split, cfg.max_fit_windows, cfg, device):
-        x_action, x_state = inputs(batch)
-        fits["action"].add(x_action, batch.actions)
-        fits["state"].add(x_state, batch.states)
+        x = dict(zip(("action", "state"), inputs(batch), strict=True))
+        for name in kinds:  # rows of episodes without actions (NaN) are left out
+            x_kept, y_kept = finite_rows(x[name], batch.actions if name == "action" else batch.states)
+            if len(y_kept):
+                fits[name].add(x_kept, y_kept)
     weights = {name: fit.solve(cfg.ridge) for name, fit in fits.items()}
-    scores = {"action": Moments(), "state": Moments()}
+    scores = {name: Moments() for name in kinds}
     for batch in _windows(info, frame_stack, cfg.test_split, None, cfg, device):
-        x_action, x_state = inputs(batch)
-        scores["action"].add(RidgeFit.predict(x_action, weights["action"]), batch.actions)
-        scores["state"].add(RidgeFit.predict(x_state, weights["state"]), batch.states)
-    return {"action": _score(scores["action"]), "state": _score(scores["state"]),
-            "fit_windows": fits["action"].n, "test_windows": scores["action"].n}
+        x = dict(zip(("action", "state"), inputs(batch), strict=True))
+        for name in kinds:
+            pred, y = finite_rows(RidgeFit.predict(x[name], weights[name]),
+                                  batch.actions if name == "action" else batch.states)
+            if len(y):
+                scores[name].add(pred, y)
+    out = {name: _score(scores[name]) for name in kinds}
+    out.update({name: {"skipped": reason} for name, reason in skipped.items()})
+    return {**out, "fit_windows": fits[kinds[0]].n if kinds else 0,
+            "test_windows": scores[kinds[0]].n if kinds else 0}
+
+
+def probes_skipped(info: DatasetInfo) -> dict[str, str]:
+    """Probes this dataset cannot score, with the reason (imported data may lack actions or states)."""
+    out = {}
+    if not info.manifest.get("action_dim"):
+        out["action"] = "the dataset has no actions"
+    if not info.manifest.get("state_dim"):
+        out["state"] = "the dataset has no states (state_dim 0)"
+    return out
 
 
 def probe_run(run_dir: str, cfg: ProbeConfig, dataset: str | None = None, device: str | None = None) -> dict:

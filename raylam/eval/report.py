@@ -284,7 +284,7 @@ def plot_probes(rows: list[dict], path: str) -> bool:
     by_method: dict = defaultdict(lambda: {"action": [], "state": []})
     for r in probed:
         for kind in ("action", "state"):
-            by_method[_label(r, several)][kind].append(r["probe"][kind]["mse"])
+            by_method[_label(r, several)][kind].append(r["probe"][kind].get("mse", math.nan))  # nan: skipped
     methods = _order(by_method)
     seeds = seeds_of(probed)
     spread = f"mean ± std over {len(seeds)} seeds" if len(seeds) > 1 else "lower is better"
@@ -293,7 +293,8 @@ def plot_probes(rows: list[dict], path: str) -> bool:
         stats = [_mean_std(by_method[m][kind]) for m in methods]
         ax.bar(methods, [s[0] for s in stats], yerr=[s[1] for s in stats], capsize=3,
                color=[f"C{i}" for i in range(len(methods))])
-        ax.set_title(f"{kind} probe: held-out MSE ({spread})", fontsize=10)
+        skipped = all(math.isnan(v) for m in methods for v in by_method[m][kind])  # e.g. no states
+        ax.set_title(f"{kind} probe: " + ("skipped" if skipped else f"held-out MSE ({spread})"), fontsize=10)
         ax.tick_params(axis="x", rotation=30)
         ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
@@ -390,6 +391,8 @@ def _caption(results: dict) -> str:
                      "settings with background videos) on Ray actors"
                      + (f"; {where}" if where else "")
                      + ". Normalized return = return / expert return (scaled to the episode length).")
+    if results.get("evaluations"):
+        parts.append("Evaluations: " + "; ".join(results["evaluations"]) + ".")
     parts.append("± is the std over training seeds (each seed's mean over its episodes) on lines with several "
                  "seeds, else the std over episodes." if several else
                  "± is the std over episodes (one training seed per line).")

@@ -72,9 +72,11 @@ class Method(nn.Module):
 
 
 def masked_mse(pred: Tensor, target: Tensor, weight: Tensor) -> Tensor:
-    """Mean over rows with weight 1 of the per-row MSE; 0 when no row counts (no branching)."""
+    """Mean over rows with weight 1 of the per-row MSE; 0 when no row counts (no branching).
+
+    Rows of weight 0 may hold NaN targets (imported episodes without actions): they never count."""
     per_row = (pred.float() - target.float()).pow(2).mean(-1)
-    return (per_row * weight).sum() / weight.sum().clamp_min(1.0)
+    return torch.where(weight > 0, per_row * weight, 0.0).sum() / weight.sum().clamp_min(1.0)
 
 
 @torch.no_grad()

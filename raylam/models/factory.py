@@ -22,6 +22,9 @@ _CLASSES: dict[str, type[Method]] = {
 
 def build_model(cfg: ModelConfig, action_dim: int, state_dim: int) -> Method:
     """The model ``cfg.method`` selects, on the CPU, in training mode."""
-    if action_dim < 1 or state_dim < 0:
-        raise ValueError(f"build_model: action_dim must be >= 1 and state_dim >= 0, got {action_dim}, {state_dim}")
+    # unsupervised LAMs learn from video alone (imported data may have no actions: action_dim 0)
+    least = 0 if cfg.method in ("laom", "lapo") else 1
+    if action_dim < least or state_dim < 0:
+        raise ValueError(f"build_model: {cfg.method} needs action_dim >= {least} and state_dim >= 0, "
+                         f"got {action_dim}, {state_dim}")
     return _CLASSES[cfg.method](cfg, action_dim, state_dim)

@@ -13,7 +13,6 @@ from collections.abc import Iterable
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch import Tensor
 
 from raylam.models.batch import Batch
@@ -34,7 +33,7 @@ class Probes(nn.Module):
                                   ("state", self.state, features, batch.states)):
             if probe is None or x is None or y is None:
                 continue
-            mse = F.mse_loss(probe(x.detach()).float(), y.float())
+            mse = _finite_rows_mse(probe(x.detach()).float(), y.float())
             loss = loss + mse
             metrics[f"probe/{name}_mse"] = mse.detach()
         return loss, metrics
@@ -47,6 +46,20 @@ class Probes(nn.Module):
         if self.state is not None and features is not None and batch.states is not None:
             out["probe/state"] = (self.state(features), batch.states)
         return out
+
+
+def _finite_rows_mse(pred: Tensor, target: Tensor) -> Tensor:
+    """MSE over the rows whose target is finite: imported episodes without actions store NaN there
+    (absent, not zero), so the probe learns from the episodes that have them. No host sync."""
+    finite = torch.isfinite(target).all(-1, keepdim=True)
+    err = torch.where(finite, pred - torch.nan_to_num(target), 0.0).pow(2)
+    return err.sum() / (finite.sum() * target.shape[-1]).clamp_min(1)
+
+
+def finite_rows(pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+    """The rows whose target is finite (evaluation: episodes without actions do not score)."""
+    keep = torch.isfinite(target.flatten(1)).all(1)
+    return (pred, target) if bool(keep.all()) else (pred[keep], target[keep])
 
 
 class Moments:
@@ -152,7 +165,9 @@ def evaluate(model: nn.Module, batches: Iterable[Batch]) -> dict[str, float]:
     try:
         for batch in batches:
             for name, (pred, target) in model.predictions(batch).items():
-                moments.setdefault(name, Moments()).add(pred, target)
+                pred, target = finite_rows(pred, target)
+                if len(target):
+                    moments.setdefault(name, Moments()).add(pred, target)
     finally:
         model.train(was_training)
     out: dict[str, float] = {}
