@@ -298,12 +298,16 @@ def _report(cfg, values, step, model, optimizer, scheduler, meta, rank, writer, 
     if wandb_run is not None:
         wandb_run.log(values, step=step)
     if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-        with tempfile.TemporaryDirectory() as directory:
-            checkpoint = None
-            if rank == 0:
-                save_checkpoint(directory, model, optimizer, scheduler, step, meta, data_state)
-                checkpoint = ray.train.Checkpoint.from_directory(directory)
-            ray.train.report(values, checkpoint=checkpoint)
+        # uploaded in the background while training goes on (Ray deletes the directory once it is
+        # uploaded, and waits for every upload before the run ends)
+        from ray.train import CheckpointUploadMode
+
+        checkpoint = None
+        if rank == 0:
+            directory = tempfile.mkdtemp(prefix="raylam-checkpoint-")
+            save_checkpoint(directory, model, optimizer, scheduler, step, meta, data_state)
+            checkpoint = ray.train.Checkpoint.from_directory(directory)
+        ray.train.report(values, checkpoint=checkpoint, checkpoint_upload_mode=CheckpointUploadMode.ASYNC)
     else:
         ray.train.report(values)
 
