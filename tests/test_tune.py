@@ -100,6 +100,46 @@ def test_shipped_sweep_configs_load():
     assert plan.base["use_gpu"] and plan.gpu_per_trial == 1.0 and cfg.scheduler.enabled
 
 
+def test_concurrency_comes_from_the_sweep_and_the_clusters_maximum(synthetic, tmp_path):
+    from raylam.tune.sweep import max_concurrent, trial_count
+
+    exp = experiment(synthetic, tmp_path)
+    cfg = tune_config(cluster_cpus=100.0)  # an autoscaling cluster's largest size, whatever is up now
+    plan = plan_sweep(exp, cfg)
+    assert trial_count(cfg) == 4  # 2 samples x the 2-point latent_dim grid
+    assert max_concurrent(plan, cfg) == 4  # every trial: the cluster grows to them
+    small = tune_config(cluster_cpus=1.6)  # 0.76 CPU per trial: two fit
+    assert max_concurrent(plan_sweep(exp, small), small) == 2
+    gpu = tune_config(cluster_cpus=100.0, cluster_gpus=3.0, resources={"use_gpu": True, "cpus_per_worker": 0.5})
+    assert max_concurrent(plan_sweep(exp, gpu), gpu) == 3  # three 1-GPU trials at the largest size
+    fixed = tune_config(max_concurrent_trials=1, cluster_cpus=100.0)
+    assert max_concurrent(plan_sweep(exp, fixed), fixed) == 1
+
+
+def test_data_cpus_are_the_trials_ray_data_limit(synthetic, tmp_path):
+    from raylam.train.config import TrainConfig
+    from raylam.train.trainer import data_config
+
+    exp = experiment(synthetic, tmp_path)
+    plan = plan_sweep(exp, tune_config(resources={"cpus_per_worker": 0.5, "read_cpus": 0.25, "data_cpus": 1.5}))
+    assert plan.base["data"]["max_cpus"] == 1.5 and plan.cpu_per_trial == pytest.approx(2.01)
+    options = data_config(from_dict(TrainConfig, plan.base))._resolve_execution_options("train")
+    assert options.resource_limits.cpu == 1.5  # what Ray Data's executor of the trial's datasets obeys
+    default = plan_sweep(exp, tune_config())  # data_cpus null: the decode tasks' read_cpus
+    assert default.base["data"]["max_cpus"] == 0.25
+    plain = data_config(from_dict(TrainConfig, {**plan.base, "data": {**plan.base["data"], "max_cpus": None}}))
+    assert plain._resolve_execution_options("train").resource_limits.cpu == float("inf")  # no limit
+
+
+def test_trial_drivers_are_pinned_to_the_head_when_the_cluster_declares_it():
+    from raylam.tune.sweep import driver_resources
+
+    cfg = tune_config()
+    assert driver_resources(cfg, {"CPU": 8.0, "head": 1000.0}) == {"CPU": 0.01, "head": 0.001}
+    assert driver_resources(cfg, {"CPU": 2.0}) == {"CPU": 0.01}  # local Ray: no head resource, not pinned
+    assert driver_resources(tune_config(resources={"pin_drivers": None}), {"CPU": 8.0, "head": 1.0}) == {"CPU": 0.01}
+
+
 # ------------------------------------------------------------------ the sweep
 @pytest.fixture(scope="module")
 def sweep(ray_local, synthetic, tmp_path_factory):
