@@ -135,7 +135,8 @@ def test_trial_drivers_are_pinned_to_the_head_when_the_cluster_declares_it():
     from raylam.tune.sweep import driver_resources
 
     cfg = tune_config()
-    assert driver_resources(cfg, {"CPU": 8.0, "head": 1000.0}) == {"CPU": 0.01, "head": 0.001}
+    # the head advertises CPU 0 (cluster/): a pinned driver asks for the head resource alone
+    assert driver_resources(cfg, {"CPU": 8.0, "head": 1000.0}) == {"CPU": 0.0, "head": 0.001}
     assert driver_resources(cfg, {"CPU": 2.0}) == {"CPU": 0.01}  # local Ray: no head resource, not pinned
     assert driver_resources(tune_config(resources={"pin_drivers": None}), {"CPU": 8.0, "head": 1.0}) == {"CPU": 0.01}
 

@@ -249,7 +249,8 @@ def driver_resources(cfg: TuneConfig, present: dict[str, float]) -> dict[str, fl
     pin = cfg.resources.pin_drivers
     if pin and pin not in out:
         if present.get(pin):
-            out[pin] = 0.001
+            # the head advertises no CPUs (it runs no work): a pinned driver asks for none
+            out.update({"CPU": 0.0, pin: 0.001})
         else:
             print(f"note: the cluster declares no {pin!r} resource; trial drivers are not pinned "
                   f"(declare it on the head node, see cluster/)", flush=True)
