@@ -113,6 +113,7 @@ def test_same_seeds_twice_are_bit_identical_in_either_placement(expert_actor, ra
     assert random[0]["returns"] == random_actor[0]["returns"]
 
 
+@pytest.mark.slow
 def test_a_rollout_task_that_dies_once_is_retried_with_the_same_result(expert_actor, ray_local, tmp_path,
                                                                        monkeypatch):
     # episode 1's worker process exits the first time it starts it (a real process death, which
@@ -131,6 +132,7 @@ def test_a_rollout_task_that_dies_once_is_retried_with_the_same_result(expert_ac
     assert batched[0]["returns"] == expert_actor[2]["returns"]
 
 
+@pytest.mark.slow
 def test_an_interrupted_evaluation_resumes_without_redoing_episodes(expert_actor, ray_local, tmp_path,
                                                                    monkeypatch):
     # 3 episodes one at a time, no retries: episode 2's worker dies, the evaluation stops after 0 and 1

@@ -209,3 +209,52 @@ def test_exports_and_best_yaml(sweep, tmp_path):
     assert stage.num_labeled == second.best_config["num_labeled"]
     assert stage.fail_at_step is None and stage.steps == exp.stage(0).steps  # tune.fixed stays out
     assert [s["run_name"] for s in loaded.stages] == ["laom_sup", "labels"]
+
+
+PINNED_TRIAL = """
+import json, sys
+import ray
+from ray import tune
+from raylam.config import from_dict
+from raylam.tune.config import TuneConfig
+from raylam.tune.sweep import driver_resources
+
+# a head that advertises no CPUs and the head resource, as cluster/ declares it, plus a CPU worker
+from ray.cluster_utils import Cluster
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "resources": {"head": 1000}})
+cluster.add_node(num_cpus=1)
+ray.init(address=cluster.address)
+head_node = [n["NodeID"] for n in ray.nodes() if n["Resources"].get("head")][0]
+
+def trial(config):
+    context = ray.get_runtime_context()
+    tune.report({"on_head": context.get_node_id() == config["head"],
+                 "head": context.get_assigned_resources().get("head", 0.0)})
+
+resources = driver_resources(from_dict(TuneConfig, {}), ray.cluster_resources())
+grid = tune.Tuner(tune.with_resources(trial, resources), param_space={"head": head_node},
+                  run_config=tune.RunConfig(storage_path=sys.argv[1], name="pinned")).fit()
+print("RESULT", json.dumps({"requested": resources, "on_head": grid[0].metrics["on_head"],
+                            "head": grid[0].metrics["head"]}))
+ray.shutdown()
+cluster.shutdown()
+"""
+
+
+@pytest.mark.slow
+def test_a_pinned_trial_driver_runs_on_the_head(tmp_path):
+    """A real two-node Ray (a CPU-0 head with the head resource, one CPU worker): Tune accepts the
+    pinned driver's resources and runs the trial's driver on the head."""
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "pinned.py"
+    script.write_text(PINNED_TRIAL)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, str(script), str(tmp_path / "sweeps")], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    line = [x for x in done.stdout.splitlines() if x.startswith("RESULT ")][-1]
+    result = json.loads(line.removeprefix("RESULT "))
+    assert result == {"requested": {"CPU": 0.0, "head": 0.001}, "on_head": True, "head": 0.001}
