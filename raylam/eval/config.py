@@ -33,7 +33,8 @@ class ProbeConfig:
     batch_size: int = spec(256, ge=1, help="windows per inference batch")
     stats_windows: int = spec(4096, ge=1, help="windows a probe actor summarises into one x'x, x'y record "
                                                "(bigger: fewer records for the driver to sum)")
-    num_actors: int = spec(1, ge=1, help="probe actors (each loads the LAM once and computes features)")
+    num_actors: int = spec(1, ge=1, help="probe actors at most (each loads the LAM once and computes features; "
+                                         "the pool grows to this as resources allow)")
     use_gpu: bool | None = spec(None, help="probe actors take a GPU each; null: when the cluster has GPUs now "
                                            "(set true on a cluster that scales GPU nodes up from zero)")
     state_features: str = spec("pooled", choices=("pooled", "flat"),

@@ -185,7 +185,9 @@ def probe_run(run_dir: str, cfg: ProbeConfig, dataset: str | None = None) -> dic
                             fn_constructor_kwargs={"run_dir": run_dir, "state_features": cfg.state_features,
                                                    "batch_size": cfg.batch_size, "use_gpu": use_gpu,
                                                    "weights": weights},
-                            concurrency=cfg.num_actors, num_gpus=1 if use_gpu else 0,
+                            # a pool that grows to num_actors as resources allow: a fixed pool
+                            # holding every CPU would leave none for the tasks that read the shards
+                            concurrency=(1, cfg.num_actors), num_gpus=1 if use_gpu else 0,
                             num_cpus=0 if use_gpu else 1)
         return _summed(ds)
 
