@@ -16,6 +16,10 @@ REPO = Path(__file__).resolve().parents[1]
 CLUSTER = REPO / "cluster"
 LAUNCHER_YAMLS = ["aws.yaml", "gcp.yaml"]
 RAY_VERSION_TAG = "rayproject/ray:2.60.0-py311"
+# The GPU images name their CUDA: "-gpu" aliases an old CUDA 12.1 image; torch 2.13's CUDA wheels
+# are built for CUDA 12.8+ (ray-images.yaml lists cu12.8.1 among Ray's platforms).
+GPU_IMAGE = f"{RAY_VERSION_TAG}-cu128"
+IMAGE_ROOT = "/home/ray/raylam"  # where cluster/Dockerfile puts the repository
 
 
 def _load(name: str) -> dict:
@@ -58,6 +62,20 @@ def test_head_runs_no_work(launcher):
     assert any("--dashboard-host=0.0.0.0" in cmd for cmd in prepared["head_start_ray_commands"])
 
 
+def test_head_declares_the_resource_trial_drivers_pin_to(launcher):
+    from raylam.tune.config import TrialResources
+
+    _, raw, prepared = launcher
+    pin = TrialResources().pin_drivers
+    head_type = prepared["head_node_type"]
+    assert prepared["available_node_types"][head_type]["resources"][pin] >= 1
+    for name, node in prepared["available_node_types"].items():  # and no other node has it
+        assert name == head_type or pin not in node["resources"], name
+    start = " ".join(prepared["head_start_ray_commands"])
+    assert f"""--resources='{{"{pin}": 1000}}'""" in start
+    assert "--shm-size=" in " ".join(prepared["docker"]["run_options"])  # object store in /dev/shm
+
+
 def test_gpu_worker_types(launcher):
     _, raw, prepared = launcher
     gpus = _gpu_types(prepared)
@@ -69,7 +87,7 @@ def test_gpu_worker_types(launcher):
         # CPUs beside the GPUs: Ray Train workers (cpus_per_worker=4) plus Ray Data decoding
         assert node["resources"]["CPU"] >= 4 * node["resources"]["GPU"] + 4, name
         docker = node["docker"]
-        assert docker["worker_image"] == f"{RAY_VERSION_TAG}-gpu", name
+        assert docker["worker_image"] == GPU_IMAGE, name
         assert "-e MUJOCO_GL=egl" in docker["worker_run_options"], name
         assert any("NVIDIA_DRIVER_CAPABILITIES=all" in o for o in docker["worker_run_options"]), name
 
@@ -134,7 +152,7 @@ def test_setup_node_script_installs_nothing_twice(tmp_path):
 
 def test_dockerfile_builds_from_the_ray_image():
     text = (CLUSTER / "Dockerfile").read_text()
-    assert f"ARG BASE={RAY_VERSION_TAG}-gpu" in text
+    assert f"ARG BASE={GPU_IMAGE}" in text
     assert "setup_node.sh" in text
     ignored = (CLUSTER / "Dockerfile.dockerignore").read_text().split()
     assert {".venv", "data", "runs"} <= set(ignored)
@@ -146,12 +164,33 @@ def _containers(group: dict) -> list[dict]:
     return group["template"]["spec"]["containers"]
 
 
+def _check_shm(group: dict, name: str) -> None:
+    """/dev/shm is a memory-backed volume (a pod's default is 64 MB: Ray would fall back to /tmp)."""
+    spec = group["template"]["spec"]
+    volumes = {v["name"]: v for v in spec.get("volumes", [])}
+    for container in spec["containers"]:
+        mounts = {m["mountPath"]: m["name"] for m in container.get("volumeMounts", [])}
+        assert "/dev/shm" in mounts, name
+        assert volumes[mounts["/dev/shm"]]["emptyDir"]["medium"] == "Memory", name
+
+
 def _check_raycluster_spec(spec: dict) -> None:
+    import json
+
+    from raylam.tune.config import TrialResources
+
     assert spec["rayVersion"] == "2.60.0"
     assert spec["enableInTreeAutoscaling"] is True
     head = spec["headGroupSpec"]
     assert head["rayStartParams"]["num-cpus"] == "0"  # no work on the head
     assert head["rayStartParams"]["dashboard-host"] == "0.0.0.0"
+    # KubeRay's format: a JSON object inside a quoted string
+    resources = json.loads(json.loads(head["rayStartParams"]["resources"]))
+    assert resources[TrialResources().pin_drivers] >= 1
+    _check_shm(head, "head")
+    for group in spec["workerGroupSpecs"]:
+        _check_shm(group, group["groupName"])
+        assert "resources" not in group["rayStartParams"], group["groupName"]  # the pin is the head's alone
     (head_container,) = _containers(head)
     assert {p["containerPort"] for p in head_container["ports"]} >= {6379, 8265}
     assert "nvidia.com/gpu" not in head_container["resources"]["limits"]
@@ -180,6 +219,19 @@ def test_kuberay_raycluster():
     _check_raycluster_spec(doc["spec"])
 
 
+def _job_commands(spec: dict) -> list[list[str]]:
+    """The raylam commands of the RayJob's entrypoint script, with its runtime env's variables."""
+    env = yaml.safe_load(spec["runtimeEnvYAML"])["env_vars"]
+    argv = shlex.split(spec["entrypoint"])
+    assert argv[0] == "bash" and argv[1].startswith(IMAGE_ROOT + "/"), argv  # one command: a script
+    script = REPO / argv[1].removeprefix(IMAGE_ROOT + "/")
+    subprocess.run(["bash", "-n", str(script)], check=True)
+    text = script.read_text().replace("\\\n", " ")
+    for key, value in env.items():
+        text = text.replace(f"${key}", value)
+    return [shlex.split(line) for line in text.splitlines() if line.startswith("raylam ")]
+
+
 def test_kuberay_rayjob():
     from ray.runtime_env import RuntimeEnv
 
@@ -188,37 +240,38 @@ def test_kuberay_rayjob():
     doc = _load("kuberay/rayjob.yaml")
     assert doc["apiVersion"] == "ray.io/v1" and doc["kind"] == "RayJob"
     spec = doc["spec"]
+    # the operator submits the job itself; no shell string whose first part alone reaches the cluster
+    assert spec["submissionMode"] == "HTTPMode"
+    assert "&&" not in spec["entrypoint"] and ";" not in spec["entrypoint"]
     assert spec["shutdownAfterJobFinishes"] is True
     assert spec["ttlSecondsAfterFinished"] > 0
     assert spec["backoffLimit"] >= 0
     RuntimeEnv(**yaml.safe_load(spec["runtimeEnvYAML"]))
     _check_raycluster_spec(spec["rayClusterSpec"])
-    # every raylam command of the entrypoint parses, and names a config that exists
-    commands = [c.strip() for c in spec["entrypoint"].split("&&")]
-    assert commands[0].startswith("cd /home/ray/raylam")
-    raylam_commands = [shlex.split(c) for c in commands if c.startswith("raylam ")]
-    assert [c[1] for c in raylam_commands] == ["collect", "train"]
-    for argv in raylam_commands:
+    # every raylam command of the script parses, and names a config that exists
+    commands = _job_commands(spec)
+    assert [c[1] for c in commands] == ["collect", "train", "evaluate"]
+    for argv in commands:
         args = build_parser().parse_args(argv[1:])
         assert (REPO / args.config).exists(), args.config
         assert all("=" in o for o in args.overrides)
 
 
 def test_kuberay_overrides_resolve():
-    """The entrypoint's dotted overrides are valid raylam config keys and values."""
+    """The job script's dotted overrides are valid raylam config keys and values, every path a URI."""
     from raylam.experiment import load_experiment
 
     spec = _load("kuberay/rayjob.yaml")["spec"]
-    for command in spec["entrypoint"].split("&&"):
-        argv = shlex.split(command)
-        if argv[0] != "raylam":
-            continue
+    for argv in _job_commands(spec):
         cfg = load_experiment(str(REPO / argv[3]), argv[4:])
         if argv[1] == "collect":
             assert cfg.collect.output.startswith("s3://") and cfg.collect.num_workers >= 1
         else:
             assert cfg.train.dataset.startswith("s3://") and cfg.train.storage_path.startswith("s3://")
+        if argv[1] == "train":
             assert cfg.train.use_gpu and cfg.train.num_workers == 8
+        if argv[1] == "evaluate":
+            assert cfg.evaluate.output.startswith("s3://") and cfg.evaluate.probe.use_gpu
 
 
 # --- runtime env --------------------------------------------------------------------------

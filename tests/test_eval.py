@@ -185,3 +185,84 @@ def test_rows_carry_the_training_seed_of_the_artifact():
     assert training_seed({"config": {"seed": 3}}, fallback=0) == 3
     assert training_seed({"config": {}}, fallback=7) == 7  # a run trained before TrainConfig.seed existed
     assert training_seed(None, fallback=None) is None  # references have no training seed
+
+
+@pytest.mark.slow
+def test_probe_as_ray_work_equals_the_in_driver_probe(ray_local, tmp_path):
+    """The probe actors' summed x'x, x'y and error sums give the in-driver probe's numbers."""
+    from raylam.config import to_dict
+    from raylam.eval.probes import _features, probe_run
+    from raylam.models import ModelConfig, build_model
+    from raylam.train.artifacts import load_run
+    from raylam.train.loop import save_checkpoint
+
+    manifest = write_synthetic_dataset(str(tmp_path / "data"), episodes=3, episode_length=40, image_size=32,
+                                       clip_length=20, overlap=12, num_labeled=1, heldout_episodes=1)
+    torch.manual_seed(0)
+    model_cfg = ModelConfig.small("laom", max_offset=2)
+    model = build_model(model_cfg, manifest["action_dim"], manifest["state_dim"])
+    checkpoint = tmp_path / "laom" / "checkpoint_x"
+    checkpoint.mkdir(parents=True)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    meta = {"stage": "lam", "model": to_dict(model_cfg), "dataset": str(tmp_path / "data"), "num_labeled": 1,
+            "action_dim": manifest["action_dim"], "state_dim": manifest["state_dim"]}
+    save_checkpoint(str(checkpoint), model, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0),
+                    0, meta)
+    run = tmp_path / "laom"
+    (run / "artifact.json").write_text(json.dumps({"stage": "lam", "method": "laom", "config": {},
+                                                   "checkpoint": str(checkpoint), "dataset": meta["dataset"]}))
+    cfg = ProbeConfig(batch_size=16, stats_windows=50, max_fit_windows=None, num_actors=1, use_gpu=False)
+
+    distributed = probe_run(str(run), cfg)
+    loaded, _, _ = load_run(str(run))
+    in_driver = stream_probes(DatasetInfo(meta["dataset"]), model_cfg.frame_stack, cfg,
+                              lambda b: (lambda z, maps: (z, _features(maps, cfg.state_features)))(
+                                  *loaded.probe_inputs(b.obs, b.next_obs)))
+    assert distributed["fit_windows"] == in_driver["fit_windows"] == 3 * 39
+    assert distributed["test_windows"] == in_driver["test_windows"] == 39
+    for kind in ("action", "state"):
+        for key in ("mse", "r2"):
+            assert distributed[kind][key] == pytest.approx(in_driver[kind][key], rel=1e-6, abs=1e-9), (kind, key)
+        np.testing.assert_allclose(distributed[kind]["mse_per_dim"], in_driver[kind]["mse_per_dim"], rtol=1e-6)
+    assert distributed["latent_dim"] == model_cfg.latent_dim
+
+
+def _storage_uris(request, tmp_path) -> list[str]:
+    """A local file:// URI, and an s3:// bucket on the test S3 server when conftest provides one."""
+    uris = [f"file://{tmp_path}/out"]
+    try:
+        make_bucket = request.getfixturevalue("s3_server")
+    except pytest.FixtureLookupError:
+        return uris
+    return uris + [f"{make_bucket()}/out"]
+
+
+def test_report_and_episode_log_go_to_any_uri(request, tmp_path):
+    """The report's files and the rollouts' episode log, written through pyarrow.fs and read back."""
+    from raylam.data.storage import resolve
+    from raylam.eval.report import FIG_RETURN, REPORT_HTML, REPORT_MD, write_report
+    from raylam.eval.rollout import EpisodeLog
+
+    for uri in _storage_uris(request, tmp_path):
+        md = write_report(_results([("laom_sup", 2, 0.6, 0.1), ("expert", 2, 1.0, None)]), f"{uri}/report",
+                          {"laom_sup": {"vanilla": np.zeros((2, 16, 16, 3), np.uint8)}})
+        out = resolve(f"{uri}/report")
+        assert md == out.url(REPORT_MD)
+        names = out.list()
+        assert {REPORT_MD, REPORT_HTML, FIG_RETURN, "frames_laom_sup_vanilla.png"} <= set(names), names
+        assert not [n for n in names if ".tmp-" in n]  # every file renamed into place
+        with out.open_read(REPORT_MD) as stream:
+            assert "| laom_sup | cheetah-run | 2 |" in stream.read().decode()
+
+        identity = {"agent": {"kind": "expert"}, "seed": 1000, "strip": [0, 5]}
+        log = EpisodeLog(resolve(f"{uri}/episodes"), "vanilla", identity)
+        frames = np.arange(2 * 4 * 4 * 3, dtype=np.uint8).reshape(2, 4, 4, 3)
+        log.add({"index": 0, "seed": 11, "return": 1.5, "steps": 6, "frames": frames}, run="a")
+        log.add({"index": 1, "seed": 12, "return": 2.5, "steps": 6, "frames": None}, run="a")
+        again = EpisodeLog(resolve(f"{uri}/episodes"), "vanilla", identity)  # as a resumed evaluation sees it
+        assert again.done(0) and again.done(1) and not again.done(2)
+        first, second = again.results(2)
+        np.testing.assert_array_equal(first["frames"], frames)
+        assert (first["return"], second["return"], second["frames"]) == (1.5, 2.5, None)
+        other = EpisodeLog(resolve(f"{uri}/episodes"), "vanilla", {**identity, "seed": 7})
+        assert not other.done(0)  # made by other episodes: not reused

@@ -13,7 +13,13 @@ from raylam.config import from_dict, to_dict
 from raylam.envs import EnvConfig
 from raylam.eval.agents import make_agent
 from raylam.eval.config import RolloutConfig
-from raylam.eval.rollout import check_image_size, evaluate_online, expert_return, strip_indices
+from raylam.eval.rollout import (
+    FAULT_VARIABLE,
+    check_image_size,
+    evaluate_online,
+    expert_return,
+    strip_indices,
+)
 from raylam.models import ModelConfig, build_model
 from raylam.train.loop import save_checkpoint
 
@@ -105,6 +111,53 @@ def test_same_seeds_twice_are_bit_identical_in_either_placement(expert_actor, ra
     np.testing.assert_array_equal(expert[0]["frames"], expert_actor[2]["frames"])
     random = evaluate_online({"kind": "random"}, ENV, rollout_config(placement="batched"))
     assert random[0]["returns"] == random_actor[0]["returns"]
+
+
+@pytest.mark.slow
+def test_a_rollout_task_that_dies_once_is_retried_with_the_same_result(expert_actor, ray_local, tmp_path,
+                                                                       monkeypatch):
+    # episode 1's worker process exits the first time it starts it (a real process death, which
+    # Ray retries); the retried episode is the same episode: the same returns and frames
+    marker = tmp_path / "failed-once"
+    monkeypatch.setenv(FAULT_VARIABLE, f"1:{marker}")
+    retried = evaluate_online({"kind": "expert"}, ENV, rollout_config(max_retries=1))
+    assert marker.exists()  # the fault did fire
+    assert retried[0]["returns"] == expert_actor[2]["returns"]
+    np.testing.assert_array_equal(retried[0]["frames"], expert_actor[2]["frames"])
+    # the same in the batched placement: the env actor dies in reset, Ray restarts it, the episode starts over
+    marker_batched = tmp_path / "failed-once-batched"
+    monkeypatch.setenv(FAULT_VARIABLE, f"0:{marker_batched}")
+    batched = evaluate_online({"kind": "expert"}, ENV, rollout_config(max_retries=1, placement="batched"))
+    assert marker_batched.exists()
+    assert batched[0]["returns"] == expert_actor[2]["returns"]
+
+
+@pytest.mark.slow
+def test_an_interrupted_evaluation_resumes_without_redoing_episodes(expert_actor, ray_local, tmp_path,
+                                                                   monkeypatch):
+    # 3 episodes one at a time, no retries: episode 2's worker dies, the evaluation stops after 0 and 1
+    progress = tmp_path / "episodes"
+    cfg = rollout_config(episodes=3, num_actors=1, max_retries=0)
+    monkeypatch.setenv(FAULT_VARIABLE, f"2:{tmp_path / 'failed'}")
+    with pytest.raises(Exception, match="(?i)worker|died|crash|exit"):
+        evaluate_online({"kind": "expert"}, ENV, cfg, progress=str(progress))
+    log_file = progress / f"{DISTRACTING}-eval.json"
+    first = json.loads(log_file.read_text())
+    assert [e["index"] for e in first["episodes"]] == [0, 1]
+    monkeypatch.delenv(FAULT_VARIABLE)
+    resumed = evaluate_online({"kind": "expert"}, ENV, cfg, progress=str(progress))
+    assert resumed[0]["resumed"] == 2 and resumed[0]["episodes"] == 3
+    second = json.loads(log_file.read_text())
+    assert second["episodes"][:2] == first["episodes"]  # episodes 0 and 1 were not run again
+    assert second["episodes"][2]["run"] != first["episodes"][0]["run"]
+    # and the numbers are those of an uninterrupted evaluation (episodes 0, 1 as in the 2-episode fixture)
+    assert resumed[0]["returns"][:2] == expert_actor[2]["returns"]
+    np.testing.assert_array_equal(resumed[0]["frames"], expert_actor[2]["frames"])
+    # a third run has nothing left to do; another agent in the same folder starts afresh
+    again = evaluate_online({"kind": "expert"}, ENV, cfg, progress=str(progress))
+    assert again[0]["resumed"] == 3 and again[0]["returns"] == resumed[0]["returns"]
+    other = evaluate_online({"kind": "random"}, ENV, rollout_config(episodes=1), progress=str(progress))
+    assert other[0]["resumed"] == 0
 
 
 def test_policy_checkpoints_act(runs, ray_local):

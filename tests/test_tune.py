@@ -100,6 +100,47 @@ def test_shipped_sweep_configs_load():
     assert plan.base["use_gpu"] and plan.gpu_per_trial == 1.0 and cfg.scheduler.enabled
 
 
+def test_concurrency_comes_from_the_sweep_and_the_clusters_maximum(synthetic, tmp_path):
+    from raylam.tune.sweep import max_concurrent, trial_count
+
+    exp = experiment(synthetic, tmp_path)
+    cfg = tune_config(cluster_cpus=100.0)  # an autoscaling cluster's largest size, whatever is up now
+    plan = plan_sweep(exp, cfg)
+    assert trial_count(cfg) == 4  # 2 samples x the 2-point latent_dim grid
+    assert max_concurrent(plan, cfg) == 4  # every trial: the cluster grows to them
+    small = tune_config(cluster_cpus=1.6)  # 0.76 CPU per trial: two fit
+    assert max_concurrent(plan_sweep(exp, small), small) == 2
+    gpu = tune_config(cluster_cpus=100.0, cluster_gpus=3.0, resources={"use_gpu": True, "cpus_per_worker": 0.5})
+    assert max_concurrent(plan_sweep(exp, gpu), gpu) == 3  # three 1-GPU trials at the largest size
+    fixed = tune_config(max_concurrent_trials=1, cluster_cpus=100.0)
+    assert max_concurrent(plan_sweep(exp, fixed), fixed) == 1
+
+
+def test_data_cpus_are_the_trials_ray_data_limit(synthetic, tmp_path):
+    from raylam.train.config import TrainConfig
+    from raylam.train.trainer import data_config
+
+    exp = experiment(synthetic, tmp_path)
+    plan = plan_sweep(exp, tune_config(resources={"cpus_per_worker": 0.5, "read_cpus": 0.25, "data_cpus": 1.5}))
+    assert plan.base["data"]["max_cpus"] == 1.5 and plan.cpu_per_trial == pytest.approx(2.01)
+    options = data_config(from_dict(TrainConfig, plan.base))._resolve_execution_options("train")
+    assert options.resource_limits.cpu == 1.5  # what Ray Data's executor of the trial's datasets obeys
+    default = plan_sweep(exp, tune_config())  # data_cpus null: the decode tasks' read_cpus
+    assert default.base["data"]["max_cpus"] == 0.25
+    plain = data_config(from_dict(TrainConfig, {**plan.base, "data": {**plan.base["data"], "max_cpus": None}}))
+    assert plain._resolve_execution_options("train").resource_limits.cpu == float("inf")  # no limit
+
+
+def test_trial_drivers_are_pinned_to_the_head_when_the_cluster_declares_it():
+    from raylam.tune.sweep import driver_resources
+
+    cfg = tune_config()
+    # the head advertises CPU 0 (cluster/): a pinned driver asks for the head resource alone
+    assert driver_resources(cfg, {"CPU": 8.0, "head": 1000.0}) == {"CPU": 0.0, "head": 0.001}
+    assert driver_resources(cfg, {"CPU": 2.0}) == {"CPU": 0.01}  # local Ray: no head resource, not pinned
+    assert driver_resources(tune_config(resources={"pin_drivers": None}), {"CPU": 8.0, "head": 1.0}) == {"CPU": 0.01}
+
+
 # ------------------------------------------------------------------ the sweep
 @pytest.fixture(scope="module")
 def sweep(ray_local, synthetic, tmp_path_factory):
@@ -168,3 +209,52 @@ def test_exports_and_best_yaml(sweep, tmp_path):
     assert stage.num_labeled == second.best_config["num_labeled"]
     assert stage.fail_at_step is None and stage.steps == exp.stage(0).steps  # tune.fixed stays out
     assert [s["run_name"] for s in loaded.stages] == ["laom_sup", "labels"]
+
+
+PINNED_TRIAL = """
+import json, sys
+import ray
+from ray import tune
+from raylam.config import from_dict
+from raylam.tune.config import TuneConfig
+from raylam.tune.sweep import driver_resources
+
+# a head that advertises no CPUs and the head resource, as cluster/ declares it, plus a CPU worker
+from ray.cluster_utils import Cluster
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "resources": {"head": 1000}})
+cluster.add_node(num_cpus=1)
+ray.init(address=cluster.address)
+head_node = [n["NodeID"] for n in ray.nodes() if n["Resources"].get("head")][0]
+
+def trial(config):
+    context = ray.get_runtime_context()
+    tune.report({"on_head": context.get_node_id() == config["head"],
+                 "head": context.get_assigned_resources().get("head", 0.0)})
+
+resources = driver_resources(from_dict(TuneConfig, {}), ray.cluster_resources())
+grid = tune.Tuner(tune.with_resources(trial, resources), param_space={"head": head_node},
+                  run_config=tune.RunConfig(storage_path=sys.argv[1], name="pinned")).fit()
+print("RESULT", json.dumps({"requested": resources, "on_head": grid[0].metrics["on_head"],
+                            "head": grid[0].metrics["head"]}))
+ray.shutdown()
+cluster.shutdown()
+"""
+
+
+@pytest.mark.slow
+def test_a_pinned_trial_driver_runs_on_the_head(tmp_path):
+    """A real two-node Ray (a CPU-0 head with the head resource, one CPU worker): Tune accepts the
+    pinned driver's resources and runs the trial's driver on the head."""
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "pinned.py"
+    script.write_text(PINNED_TRIAL)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, str(script), str(tmp_path / "sweeps")], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    line = [x for x in done.stdout.splitlines() if x.startswith("RESULT ")][-1]
+    result = json.loads(line.removeprefix("RESULT "))
+    assert result == {"requested": {"CPU": 0.0, "head": 0.001}, "on_head": True, "head": 0.001}

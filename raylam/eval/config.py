@@ -31,6 +31,12 @@ class ProbeConfig:
     max_fit_windows: int | None = spec(20000, ge=1, help="windows of fit_split used for the fit; null: all")
     ridge: float = spec(1e-3, ge=0.0, help="ridge penalty, relative to the number of fit windows")
     batch_size: int = spec(256, ge=1, help="windows per inference batch")
+    stats_windows: int = spec(4096, ge=1, help="windows a probe actor summarises into one x'x, x'y record "
+                                               "(bigger: fewer records for the driver to sum)")
+    num_actors: int = spec(1, ge=1, help="probe actors at most (each loads the LAM once and computes features; "
+                                         "the pool grows to this as resources allow)")
+    use_gpu: bool | None = spec(None, help="probe actors take a GPU each; null: when the cluster has GPUs now "
+                                           "(set true on a cluster that scales GPU nodes up from zero)")
     state_features: str = spec("pooled", choices=("pooled", "flat"),
                                help="encoder features for the state probe: spatial mean (pooled) or all (flat)")
 
@@ -58,12 +64,17 @@ class RolloutConfig:
     task: str | None = spec(None, help="imported data (raylam ingest) records no environment: the dm-control task "
                                        "to roll policies out in (e.g. cheetah-run); null: no rollouts for such data")
     seed: int = spec(1000, ge=0, help="episode i uses seed (seed, i), the same for every method")
-    num_actors: int | None = spec(None, ge=1, help="environment actors; null: one per CPU (at most episodes)")
-    cpus_per_actor: float = spec(1.0, gt=0.0)
+    num_actors: int | None = spec(None, ge=1, help="episodes acting at once (Ray tasks for placement actor, "
+                                                   "environment actors for batched); null: every episode of a "
+                                                   "condition at once, and an autoscaling cluster grows to them. "
+                                                   "Never sized from the CPUs present now")
+    cpus_per_actor: float = spec(1.0, gt=0.0, help="CPUs of each episode task / environment actor")
+    max_retries: int = spec(3, ge=0, help="times an episode is retried after its worker process or node dies; "
+                                          "seeds are deterministic, so a retried episode is the same episode")
     placement: str = spec("actor", choices=("actor", "batched"),
-                          help="actor: every actor holds the policy and runs whole episodes; batched: "
-                               "actors hold envs only, one policy acts on all of them per step")
-    use_gpu: bool = spec(False, help="batched placement: run the policy on a GPU")
+                          help="actor: every episode is a Ray task that loads the policy and runs it whole; "
+                               "batched: actors hold envs only, one policy actor acts on all of them per step")
+    use_gpu: bool = spec(False, help="batched placement: the policy actor takes a GPU")
     render_backend: str = spec("auto", choices=("auto", "osmesa", "egl", "glfw"))
     strip_frames: int = spec(8, ge=0, help="frames of the first episode kept for the report's strip")
     references: bool = spec(True, help="also roll out the expert and a uniform random policy: the 1 and the 0 "

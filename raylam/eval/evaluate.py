@@ -25,6 +25,7 @@ from raylam.eval.config import EvalConfig, MethodRuns, rollout_key
 from raylam.train.artifacts import read_artifact
 
 RESULTS = "results.json"
+EPISODES = "episodes"  # <output>/episodes/[seed<k>/]<method>/<condition>.json: finished rollout episodes
 RESULTS_FORMAT = "raylam-results/1"
 REFERENCES = ("expert", "random")  # agents that bracket the scale: normalized return ~1 and ~0
 
@@ -91,8 +92,9 @@ def evaluate_methods(cfg: EvalConfig, run_root: str | Mapping[int, str], output:
         if len(roots) > 1:
             print(f"== training seed {seed}: {root}", flush=True)
         # one root: the row's seed is whatever its runs were trained with; several: each root must hold its seed
+        episodes = f"{output.rstrip('/')}/{EPISODES}" + (f"/seed{seed}" if len(roots) > 1 else "")
         seed_rows, seed_strips = _evaluate_root(cfg, root, cfg.seed if seed is None else seed, len(roots) > 1,
-                                                dataset, probes, rollouts)
+                                                dataset, probes, rollouts, episodes)
         if len(roots) > 1:
             seed_out = resolve(f"{output.rstrip('/')}/seed{seed}")
             seed_out.makedirs()
@@ -104,7 +106,8 @@ def evaluate_methods(cfg: EvalConfig, run_root: str | Mapping[int, str], output:
     if rollouts and cfg.rollout.episodes and cfg.rollout.references and rows and rollout_env(info, cfg) is not None:
         for kind in REFERENCES:  # the same episodes for every seed: rolled out once
             row = _row(kind, {}, None, info, None)
-            row["rollouts"], strips[kind] = _act(kind, {"kind": kind}, info, cfg)
+            row["rollouts"], strips[kind] = _act(kind, {"kind": kind}, info, cfg,
+                                                 f"{output.rstrip('/')}/{EPISODES}/{kind}")
             rows.append(row)
     results = _document(cfg, experiment, rows, time.perf_counter() - start)
     results["evaluations"] = evaluations_run(cfg, info, probes, rollouts)
@@ -131,11 +134,11 @@ def _document(cfg: EvalConfig, experiment: str, rows: list[dict], wall_s: float)
 
 
 def _evaluate_root(cfg: EvalConfig, run_root: str, seed: int, strict: bool, dataset: str | None,
-                   probes: bool, rollouts: bool) -> tuple[list[dict], dict]:
+                   probes: bool, rollouts: bool, episodes: str) -> tuple[list[dict], dict]:
     """Probes and rollouts of every method whose runs live in ``run_root``: (rows, strips).
 
     A row's seed is the one its runs' artifact records (``seed`` for runs that record none);
-    ``strict``: it must be ``seed``."""
+    ``strict``: it must be ``seed``. Finished rollout episodes are recorded under ``episodes``."""
     rows, strips = [], {}
     for m in cfg.methods:
         runs = {k: run_path(getattr(m, k), run_root) for k in ("lam", "policy", "decoder")}
@@ -158,7 +161,7 @@ def _evaluate_root(cfg: EvalConfig, run_root: str, seed: int, strict: bool, data
                                    if isinstance(v, dict) and "mse" in v), flush=True)
         if rollouts and cfg.rollout.episodes and runs["policy"] and rollout_env(info, cfg) is not None:
             agent = {"kind": "policy", "policy": runs["policy"], "decoder": runs["decoder"]}
-            row["rollouts"], strips[m.name] = _act(m.name, agent, info, cfg)
+            row["rollouts"], strips[m.name] = _act(m.name, agent, info, cfg, f"{episodes}/{m.name}")
         rows.append(row)
     return rows, strips
 
@@ -205,15 +208,16 @@ def _method_artifact(m: MethodRuns, runs: dict) -> dict:
     raise ValueError(f"evaluate.methods: {m.name!r} names neither a lam nor a policy run")
 
 
-def _act(name: str, agent: dict, info: DatasetInfo, cfg: EvalConfig) -> tuple[dict, dict]:
-    """Rollouts of one agent in every setting: ({setting: summary}, {setting: frames})."""
+def _act(name: str, agent: dict, info: DatasetInfo, cfg: EvalConfig, progress: str) -> tuple[dict, dict]:
+    """Rollouts of one agent in every setting: ({setting: summary}, {setting: frames}); each
+    finished episode is recorded under ``progress`` at once, and a rerun resumes from there."""
     from raylam.eval.rollout import evaluate_online
 
     env = rollout_env(info, cfg)
     conditions = [rollout_key(*c) for c in cfg.rollout.runs()]
     print(f"== rollouts {name}: {cfg.rollout.episodes} episodes x {conditions}", flush=True)
     summaries, frames = {}, {}
-    for result in evaluate_online(agent, env, cfg.rollout):
+    for result in evaluate_online(agent, env, cfg.rollout, progress=progress):
         key = result["key"]
         frames[key] = np.asarray(result.pop("frames"))
         summaries[key] = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in result.items()}

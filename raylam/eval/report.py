@@ -284,13 +284,14 @@ def plot_probes(rows: list[dict], path: str) -> bool:
     by_method: dict = defaultdict(lambda: {"action": [], "state": []})
     for r in probed:
         for kind in ("action", "state"):
-            by_method[_label(r, several)][kind].append(r["probe"][kind].get("mse", math.nan))  # nan: skipped
+            probe = r["probe"].get(kind) or {}  # a skipped probe: {"skipped": reason}
+            by_method[_label(r, several)][kind].append(probe.get("mse", math.nan))
     methods = _order(by_method)
     seeds = seeds_of(probed)
     spread = f"mean ± std over {len(seeds)} seeds" if len(seeds) > 1 else "lower is better"
     fig, axes = plt.subplots(1, 2, figsize=(8.4, 3.2))
     for ax, kind in zip(axes, ("action", "state"), strict=True):
-        stats = [_mean_std(by_method[m][kind]) for m in methods]
+        stats = [_mean_std(by_method[m][kind]) if by_method[m][kind] else (float("nan"), 0.0) for m in methods]
         ax.bar(methods, [s[0] for s in stats], yerr=[s[1] for s in stats], capsize=3,
                color=[f"C{i}" for i in range(len(methods))])
         skipped = all(math.isnan(v) for m in methods for v in by_method[m][kind])  # e.g. no states
@@ -322,10 +323,27 @@ def save_strip(frames: np.ndarray, path: str, title: str) -> None:
 
 
 def write_report(results: dict, output: str, strips: dict | None = None) -> str:
-    """Figures + ``report.md`` + ``report.html`` in ``output`` (a local directory); returns the Markdown path."""
-    if "://" in output:
-        raise ValueError(f"report: {output} is remote; write reports to a local directory")
-    os.makedirs(output, exist_ok=True)
+    """Figures + ``report.md`` + ``report.html`` in ``output``, a local directory or any URI
+    pyarrow.fs writes (s3://, gs://, ...); returns where the Markdown went.
+
+    The files are rendered into a local staging folder, then each is written to ``output``
+    through a temporary name and renamed, so a reader never sees half a report file.
+    """
+    import tempfile
+
+    out = resolve(output)
+    out.makedirs()
+    with tempfile.TemporaryDirectory(prefix="raylam-report-") as staging:
+        _render_report(results, staging, strips)
+        for name in sorted(os.listdir(staging)):
+            with open(os.path.join(staging, name), "rb") as f:
+                data = f.read()
+            out.write_atomic(name, lambda stream, data=data: stream.write(data))
+    return out.url(REPORT_MD)
+
+
+def _render_report(results: dict, output: str, strips: dict | None) -> None:
+    """The report's files in the local directory ``output``."""
     rows = results["rows"]
     figures = []
     if plot_returns(rows, os.path.join(output, FIG_RETURN)):
@@ -367,7 +385,6 @@ def write_report(results: dict, output: str, strips: dict | None = None) -> str:
             f"<h1>{html.escape(title)}</h1><p>{html.escape(caption)}</p>{tables_html}{images}</body></html>")
     with open(os.path.join(output, REPORT_HTML), "w") as f:
         f.write(page)
-    return md_path
 
 
 def _caption(results: dict) -> str:

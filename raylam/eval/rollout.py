@@ -4,12 +4,16 @@ Episode i of every setting uses the seed ``episode_seed(cfg.seed, i)`` (physics 
 whatever the agent, so methods are compared on the same episodes, and a rerun gives the same
 returns bit for bit. Two placements (``RolloutConfig.placement``):
 
-- ``actor``: every actor rebuilds the agent from its dict and runs whole episodes (an
-  :class:`ray.util.ActorPool` hands them out). Scales with CPUs; each actor holds a model copy.
-- ``batched``: actors hold environments only; the driver holds one agent and, each step, gathers
-  one observation from every live actor, acts on all of them in one ``act_batch`` call (on a GPU
-  with ``use_gpu``) and sends the actions back. One model, large batches; the driver's round trip
-  is paid every step.
+- ``actor``: every episode is a Ray task (retried up to ``max_retries`` times if its process or
+  node dies) that loads the agent (cached per worker process) and runs the episode whole.
+  Scales with CPUs; an autoscaling cluster grows to the queued tasks.
+- ``batched``: environment actors only step; one policy actor (on a GPU with ``use_gpu``) acts
+  each step on every observation that is ready, in one ``act_batch`` call. One model, large
+  batches; the driver only routes observations and actions.
+
+Each finished episode is recorded at once (:class:`EpisodeLog`, on any storage), so an interrupted
+evaluation resumes without redoing finished episodes; seeds are deterministic, so a retried or
+resumed episode is the same episode.
 
 Both placements run the same per-episode bookkeeping (:class:`Episode`), so for agents that act
 row by row (expert, random) they give identical returns.
@@ -17,11 +21,11 @@ row by row (expert, random) they give identical returns.
 
 from __future__ import annotations
 
+import io
 import time
 import warnings
 from collections import deque
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 
@@ -123,56 +127,97 @@ class Episode:
         return {"index": self.index, "seed": self.seed, "return": self.ret, "steps": self.steps, "frames": frames}
 
 
-# --- the actor ---------------------------------------------------------------------------------
-class RolloutWorker:
-    """Holds one environment at a time; with an agent spec, also the agent (placement ``actor``)."""
+# --- one episode, wherever it runs ---------------------------------------------------------------
+# Fault injection for tests: ``RAYLAM_INJECT_ROLLOUT_FAULT=<episode index>:<marker file>`` makes the
+# worker that starts that episode while the marker does not exist create the marker and die (a real
+# process death, which Ray retries). The driver forwards the variable to its rollout workers.
+FAULT_VARIABLE = "RAYLAM_INJECT_ROLLOUT_FAULT"
 
-    def __init__(self, task: str, render_backend: str, spec: dict | None = None):
-        from raylam.envs.render import configure_rendering
 
-        configure_rendering(render_backend)  # before dm-control is imported by the first env
-        if spec is not None and spec["kind"] == "policy":  # one env per CPU: torch threads would contend
-            import torch
+def _maybe_inject_fault(index: int) -> None:
+    import os
 
-            torch.set_num_threads(1)
-        self.task, self.spec = task, spec
-        self.agent: Agent | None = None
-        self.env = None
+    value = os.environ.get(FAULT_VARIABLE)
+    if not value:
+        return
+    target, marker = value.split(":", 1)
+    if int(target) == index and not os.path.exists(marker):
+        with open(marker, "w") as f:
+            f.write(f"episode {index} failed once in process {os.getpid()}\n")
+        os._exit(1)
 
-    def _make_env(self, env: EnvConfig, seed: int):
-        from raylam.envs import make_env
 
-        self.close()
-        self.env = make_env(env, seed)
-        return self.env
+_AGENTS: dict[str, Agent] = {}  # per worker process: a task reusing a process reuses its loaded agent
 
-    # placement "actor": whole episodes
-    def run_episode(self, env: EnvConfig, index: int, seed: int, strip: Sequence[int]) -> dict:
-        e = self._make_env(env, seed)
-        if self.agent is None:
-            self.agent = make_agent(self.spec, self.task, e.action_dim)
-        check_image_size(self.agent, env)
-        ep = Episode(index, seed, self.agent.frame_stack, strip)
+
+def _cached_agent(spec: dict, task: str, action_dim: int, device: str = "cpu") -> Agent:
+    import json
+
+    key = json.dumps([spec, task, action_dim, device], sort_keys=True)
+    if key not in _AGENTS:
+        _AGENTS.clear()  # one agent per process at a time
+        _AGENTS[key] = make_agent(spec, task, action_dim, device)
+    return _AGENTS[key]
+
+
+def play_episode(spec: dict, task: str, render_backend: str, env: EnvConfig, index: int, seed: int,
+                 strip: Sequence[int]) -> dict:
+    """Placement ``actor``: one whole episode in this process (a Ray task, retried if it dies)."""
+    from raylam.envs import make_env
+    from raylam.envs.render import configure_rendering
+
+    _maybe_inject_fault(index)
+    configure_rendering(render_backend)  # before dm-control is imported by the first env
+    if spec["kind"] == "policy":  # one episode per CPU: torch threads would contend
+        import torch
+
+        torch.set_num_threads(1)
+    with make_env(env, seed) as e:
+        agent = _cached_agent(spec, task, e.action_dim)
+        check_image_size(agent, env)
+        ep = Episode(index, seed, agent.frame_stack, strip)
         ts = e.reset()
         while True:
             ep.observe(ts.frame, ts.state)
             obs = ep.obs()
-            action = self.agent.act_batch(None if obs is None else obs[None], ts.state[None], [ep.rng])[0]
+            action = agent.act_batch(None if obs is None else obs[None], ts.state[None], [ep.rng])[0]
             ts = e.step(action)
             ep.reward(ts.reward)
             if ts.last:
                 break
-        self.close()
-        return ep.result()
+    return ep.result()
 
-    # placement "batched": the driver acts
-    def reset(self, env: EnvConfig, seed: int, send_frame: bool) -> dict:
-        e = self._make_env(env, seed)
-        ts = e.reset()
+
+class EnvironmentLost(RuntimeError):
+    """The environment actor was restarted (its process or node died): the episode starts over."""
+
+
+class EnvWorker:
+    """Placement ``batched``: holds one environment at a time and steps it on request."""
+
+    def __init__(self, render_backend: str):
+        from raylam.envs.render import configure_rendering
+
+        configure_rendering(render_backend)
+        self.env = None
+        self.index: int | None = None
+
+    def ready(self) -> None:
+        """Answers once the actor runs (on an autoscaling cluster: once its node is up)."""
+
+    def reset(self, env: EnvConfig, index: int, seed: int, send_frame: bool) -> dict:
+        from raylam.envs import make_env
+
+        self.close()
+        self.env, self.index = make_env(env, seed), index
+        ts = self.env.reset()
         return {"frame": ts.frame if send_frame else None, "state": ts.state, "reward": None, "last": False,
-                "action_dim": e.action_dim}
+                "action_dim": self.env.action_dim}
 
     def step(self, action: np.ndarray, send_frame: bool) -> dict:
+        if self.env is None:  # a step retried by Ray on the restarted actor
+            raise EnvironmentLost("the environment actor restarted mid-episode")
+        _maybe_inject_fault(self.index)
         ts = self.env.step(action)
         if ts.last:
             self.close()
@@ -185,80 +230,213 @@ class RolloutWorker:
             self.env = None
 
 
+class PolicyWorker:
+    """Placement ``batched``: the one agent, in its own actor (on a GPU with ``use_gpu``), acting on
+    every live environment's observation in one call. The random streams travel with the calls, so
+    a retried call acts exactly as the first."""
+
+    def __init__(self, spec: dict, task: str, use_gpu: bool):
+        self.spec, self.task = spec, task
+        self.device = "cuda" if use_gpu else "cpu"
+        self.agent: Agent | None = None
+
+    def ready(self) -> None:
+        """Answers once the actor runs."""
+
+    def load(self, action_dim: int, env: EnvConfig) -> dict:
+        if self.agent is None:
+            self.agent = make_agent(self.spec, self.task, action_dim, self.device)
+        check_image_size(self.agent, env)
+        return {"frame_stack": self.agent.frame_stack}
+
+    def act(self, obs: np.ndarray | None, states: np.ndarray, rngs: list) -> tuple[np.ndarray, list]:
+        return self.agent.act_batch(obs, states, rngs), rngs
+
+
 def check_image_size(agent: Agent, env: EnvConfig) -> None:
     if agent.image_size is not None and agent.image_size != env.image_size:
         raise ValueError(f"the policy was trained on {agent.image_size}x{agent.image_size} frames but the env "
                          f"renders {env.image_size}x{env.image_size}: set env.image_size to {agent.image_size}")
 
 
+# --- finished episodes, kept as they finish -----------------------------------------------------
+class EpisodeLog:
+    """The finished episodes of one agent in one condition, on any storage (local or URI).
+
+    Rewritten whole through a temporary name after every episode (object stores cannot append), so
+    an interrupted evaluation resumes with the episodes it had finished. ``identity`` is what makes
+    an episode (agent, env, seeds, strip); a log made with another identity is started afresh.
+    """
+
+    FORMAT = "raylam-episodes/1"
+
+    def __init__(self, location, name: str, identity: dict):
+        import json
+
+        self.location, self.name = location, name
+        self.identity = json.loads(json.dumps(identity, sort_keys=True))
+        self.episodes: dict[int, dict] = {}
+        self.frames: np.ndarray | None = None
+        if location is None or not location.exists(f"{name}.json"):
+            return
+        doc = location.read_json(f"{name}.json")
+        if doc.get("format") != self.FORMAT or doc.get("identity") != self.identity:
+            print(f"   {location.url(name + '.json')} was made by another agent or setting: starting afresh",
+                  flush=True)
+            return
+        self.episodes = {int(e["index"]): e for e in doc["episodes"]}
+        if doc.get("frames"):
+            with location.open_read(doc["frames"]) as stream:
+                self.frames = np.load(io.BytesIO(stream.read()))
+
+    def done(self, index: int) -> bool:
+        return index in self.episodes
+
+    def add(self, result: dict, run: str) -> None:
+        frames = result.pop("frames", None)
+        if frames is not None:
+            self.frames = frames
+        self.episodes[int(result["index"])] = {**result, "run": run}
+        if self.location is None:
+            return
+        if len(self.episodes) == 1:
+            self.location.makedirs()
+        frames_name = None
+        if self.frames is not None:
+            frames_name = f"{self.name}.frames.npy"
+            if frames is not None:  # written before the log that names it
+                buffer = io.BytesIO()
+                np.save(buffer, self.frames)
+                self.location.write_atomic(frames_name, lambda stream: stream.write(buffer.getvalue()))
+        self.location.write_json(f"{self.name}.json", {
+            "format": self.FORMAT, "identity": self.identity, "frames": frames_name,
+            "episodes": [self.episodes[i] for i in sorted(self.episodes)]})
+
+    def results(self, count: int) -> list[dict]:
+        """Episodes 0 .. count-1 in order, the strip frames on the first."""
+        out = [dict(self.episodes[i], frames=None) for i in range(count)]
+        if out:
+            out[0]["frames"] = self.frames
+        return out
+
+
 # --- the two placements ------------------------------------------------------------------------
-def _run_actor(pool_actors: list, env: EnvConfig, seeds: list[int], strip: list[int], bar) -> list[dict]:
-    from ray.util import ActorPool
+def _worker_env() -> dict:
+    """Runtime env of the rollout workers: the fault-injection variable when the driver has it."""
+    import os
 
-    pool = ActorPool(pool_actors)
-    jobs = [(i, s, strip if i == 0 else []) for i, s in enumerate(seeds)]
-    results = []
-    for result in pool.map_unordered(lambda a, job: a.run_episode.remote(env, *job), jobs):
-        results.append(result)
-        bar.update(1)
-    return sorted(results, key=lambda r: r["index"])
+    value = os.environ.get(FAULT_VARIABLE)
+    return {"env_vars": {FAULT_VARIABLE: value}} if value else {}
 
 
-class _Driver:
-    """Placement ``batched``: one agent on the driver, built when the first reply tells action_dim."""
+def _run_tasks(spec: dict, task: str, env: EnvConfig, todo: list[tuple[int, int]], strip: list[int],
+               cfg: RolloutConfig, finished) -> None:
+    """Placement ``actor``: every episode a Ray task, at most ``num_actors`` at once (all by default)."""
+    import ray
 
-    def __init__(self, spec: dict, task: str, device: str):
-        self.spec, self.task, self.device = spec, task, device
-        self.agent: Agent | None = None
-
-    def run(self, actors: list, env: EnvConfig, seeds: list[int], strip: list[int], bar) -> list[dict]:
-        import ray
-
-        queue = deque(enumerate(seeds))
-        episodes: dict[int, Episode] = {}  # actor slot -> its episode
-        refs: dict[int, Any] = {}
-        results = []
-
-        def start(k: int) -> None:
+    remote = ray.remote(play_episode).options(num_cpus=cfg.cpus_per_actor, max_retries=cfg.max_retries,
+                                              runtime_env=_worker_env())
+    limit = cfg.num_actors or len(todo)
+    running: list = []
+    queue = deque(todo)
+    while queue or running:
+        while queue and len(running) < limit:
             i, seed = queue.popleft()
-            stack = None if self.agent is None else self.agent.frame_stack
-            episodes[k] = Episode(i, seed, stack, strip if i == 0 else [])
-            # the agent may not exist yet: then the first frame is sent in case it needs frames
-            refs[k] = actors[k].reset.remote(env, seed, self.agent is None or episodes[k].wants_frame(0))
+            running.append(remote.remote(spec, task, cfg.render_backend, env, i, seed, strip if i == 0 else []))
+        done, running = ray.wait(running, num_returns=1)
+        finished(ray.get(done[0]))
 
-        for k in range(min(len(actors), len(queue))):
-            start(k)
-        while refs:
-            slots = list(refs)
-            replies = ray.get([refs.pop(k) for k in slots])
-            if self.agent is None:
-                self.agent = make_agent(self.spec, self.task, replies[0]["action_dim"], self.device)
-                check_image_size(self.agent, env)
-                for k in slots:  # episodes started before the agent existed: now they know its stack
-                    ep = episodes[k]
-                    episodes[k] = Episode(ep.index, ep.seed, self.agent.frame_stack, ep.strip)
+
+def _run_batched(spec: dict, task: str, env: EnvConfig, todo: list[tuple[int, int]], strip: list[int],
+                 cfg: RolloutConfig, finished) -> None:
+    """Placement ``batched``: environment actors step, one policy actor acts on every observation
+    that is ready. An environment actor that dies is restarted by Ray and its episode starts over
+    (same seed: the same episode); actors that have not started yet (nodes still scaling up) take
+    episodes once they run. Failures beyond ``max_retries`` raise."""
+    import ray
+
+    policy_options = {"num_gpus": 1, "num_cpus": 1} if cfg.use_gpu else {"num_cpus": cfg.cpus_per_actor}
+    policy = ray.remote(PolicyWorker).options(max_restarts=cfg.max_retries, max_task_retries=cfg.max_retries,
+                                              **policy_options).remote(spec, task, cfg.use_gpu)
+    ray.get(policy.ready.remote())  # placed before the env actors, which may take every CPU left
+    # a call in flight when an actor dies is retried on the restarted actor: a reset simply runs
+    # again, a step finds no environment (EnvironmentLost) and its episode starts over
+    options = {"num_cpus": cfg.cpus_per_actor, "max_restarts": cfg.max_retries,
+               "max_task_retries": cfg.max_retries, "runtime_env": _worker_env()}
+    actors = [ray.remote(EnvWorker).options(**options).remote(cfg.render_backend)
+              for _ in range(min(len(todo), cfg.num_actors or len(todo)))]
+    queue = deque(todo)
+    frame_stack: list = []  # [the agent's frame stack] once the policy actor has loaded it
+    episodes: dict[int, Episode] = {}  # actor slot -> its episode
+    failures: dict[int, int] = {}  # episode index -> times its actor died under it
+    pending: dict = {actor.ready.remote(): k for k, actor in enumerate(actors)}
+
+    def release(k: int) -> None:
+        """No episode left for actor ``k``: end it, so its CPUs go to an actor Ray is restarting
+        (or its node to the autoscaler)."""
+        ray.kill(actors[k])
+
+    def start(k: int) -> None:
+        i, seed = queue.popleft()
+        stack = frame_stack[0] if frame_stack else None
+        episodes[k] = Episode(i, seed, stack, strip if i == 0 else [])
+        send = not frame_stack or episodes[k].wants_frame(0)  # before the agent is known: send the frame
+        pending[actors[k].reset.remote(env, i, seed, send)] = k
+
+    try:
+        while queue or episodes:
+            refs = list(pending)
+            ready, rest = ray.wait(refs, num_returns=1)
+            if rest:  # and whatever else is ready now: one policy call for all of them
+                ready += ray.wait(rest, num_returns=len(rest), timeout=0)[0]
             acting = []
-            for k, reply in zip(slots, replies, strict=True):
+            for ref in ready:
+                k = pending.pop(ref)
+                try:
+                    reply = ray.get(ref)
+                except EnvironmentLost:
+                    ep = episodes.pop(k)
+                    failures[ep.index] = failures.get(ep.index, 0) + 1
+                    if failures[ep.index] > cfg.max_retries:
+                        raise
+                    queue.appendleft((ep.index, ep.seed))
+                    start(k)  # the same seed on the restarted actor: the same episode
+                    continue
+                if reply is None:  # the actor is up
+                    if queue:
+                        start(k)
+                    else:
+                        release(k)
+                    continue
                 ep = episodes[k]
+                if not frame_stack:  # the first reply: load the agent where it acts
+                    frame_stack.append(ray.get(policy.load.remote(reply["action_dim"], env))["frame_stack"])
+                if ep.steps == 0 and reply["reward"] is None and ep.stack is None and frame_stack[0]:
+                    ep = episodes[k] = Episode(ep.index, ep.seed, frame_stack[0], ep.strip)
                 if reply["reward"] is not None:
                     ep.reward(reply["reward"])
                 if reply["last"]:
-                    results.append(ep.result())
-                    bar.update(1)
+                    finished(ep.result())
                     del episodes[k]
                     if queue:
-                        start(k)  # its reset runs while the others step; its reply comes next round
+                        start(k)
+                    else:
+                        release(k)
                     continue
                 ep.observe(reply["frame"], reply["state"])
                 acting.append(k)
             if not acting:
                 continue
             eps = [episodes[k] for k in acting]
-            obs = np.stack([ep.obs() for ep in eps]) if self.agent.frame_stack else None
-            actions = self.agent.act_batch(obs, np.stack([ep.state for ep in eps]), [ep.rng for ep in eps])
-            for k, ep, action in zip(acting, eps, actions, strict=True):
-                refs[k] = actors[k].step.remote(action, ep.wants_frame(ep.steps + 1))
-        return sorted(results, key=lambda r: r["index"])
+            obs = np.stack([ep.obs() for ep in eps]) if frame_stack[0] else None
+            actions, rngs = ray.get(policy.act.remote(obs, np.stack([ep.state for ep in eps]),
+                                                      [ep.rng for ep in eps]))
+            for k, ep, action, rng in zip(acting, eps, actions, rngs, strict=True):
+                ep.rng = rng
+                pending[actors[k].step.remote(action, ep.wants_frame(ep.steps + 1))] = k
+    finally:
+        for actor in [*actors, policy]:
+            ray.kill(actor)  # one that never started (no room on a fixed cluster) is cancelled
 
 
 # --- entry point -------------------------------------------------------------------------------
@@ -279,27 +457,9 @@ def _check(agent: dict, env: EnvConfig, cfg: RolloutConfig) -> tuple[dict, EnvCo
     return spec, env, cfg, length
 
 
-def _num_actors(cfg: RolloutConfig) -> int:
-    import ray
-
-    if cfg.num_actors is not None:
-        return min(cfg.num_actors, cfg.episodes)
-    cpus = ray.cluster_resources().get("CPU", 1)
-    return max(1, min(int(cpus // cfg.cpus_per_actor), cfg.episodes))
-
-
-def _device(cfg: RolloutConfig) -> str:
-    if not cfg.use_gpu:
-        return "cpu"
-    if cfg.placement != "batched":
-        warnings.warn("rollout.use_gpu only applies to placement 'batched'; actors act on CPU", stacklevel=3)
-        return "cpu"
-    import torch
-
-    if not torch.cuda.is_available():
-        warnings.warn("rollout.use_gpu: no CUDA device visible to the driver; acting on CPU", stacklevel=3)
-        return "cpu"
-    return "cuda"
+def _device_check(cfg: RolloutConfig) -> None:
+    if cfg.use_gpu and cfg.placement != "batched":
+        warnings.warn("rollout.use_gpu only applies to placement 'batched'; episodes act on CPU", stacklevel=3)
 
 
 def summarize(setting: str, env: EnvConfig, results: list[dict], wall_s: float,
@@ -329,48 +489,73 @@ def summarize(setting: str, env: EnvConfig, results: list[dict], wall_s: float,
     }
 
 
-def evaluate_online(agent: dict, env: EnvConfig, cfg: RolloutConfig) -> list[dict]:
+def evaluate_online(agent: dict, env: EnvConfig, cfg: RolloutConfig, progress: str | None = None) -> list[dict]:
     """Roll out ``agent`` (a spec, see :mod:`raylam.eval.agents`) for ``cfg.episodes`` episodes in
     every setting of ``cfg.settings``, once per background split of ``cfg.background_splits`` for a
     setting with background videos (``RolloutConfig.runs``); one result dict per (setting, split),
     see :func:`summarize` (``key`` names it: ``vanilla``, ``scale_easy_video_hard/train`` ...).
     Every condition uses the same episode seeds.
 
-    Runs on the current Ray cluster (a local one is started if none); actors are killed at the end.
+    ``progress``: a directory or URI where each finished episode is recorded as it finishes
+    (:class:`EpisodeLog`); a rerun skips the episodes recorded there. Episodes are Ray work on the
+    current cluster (a local one is started if none), retried ``cfg.max_retries`` times.
     """
+    import uuid
+
     import ray
     from tqdm.auto import tqdm
+
+    from raylam.data.storage import resolve
 
     spec, env, cfg, length = _check(agent, env, cfg)
     if cfg.episodes == 0 or not cfg.settings:
         return []
-    device = _device(cfg)
+    _device_check(cfg)
     if not ray.is_initialized():
         ray.init()
+    location = None
+    if progress is not None:
+        location = resolve(progress)
+        location.makedirs()
+    run = uuid.uuid4().hex[:12]  # which evaluation recorded an episode
     seeds = [episode_seed(cfg.seed, i) for i in range(cfg.episodes)]
     strip = strip_indices(length, cfg.strip_frames)
-    worker = ray.remote(RolloutWorker).options(num_cpus=cfg.cpus_per_actor)
-    actor_spec = spec if cfg.placement == "actor" else None
-    actors = [worker.remote(env.task, cfg.render_backend, actor_spec) for _ in range(_num_actors(cfg))]
-    driver = _Driver(spec, env.task, device) if cfg.placement == "batched" else None
     name = spec["kind"] if spec["kind"] != "policy" else spec["policy"].rstrip("/").rsplit("/", 1)[-1]
     conditions = cfg.runs()
     bar = tqdm(total=cfg.episodes * len(conditions), unit="ep", delay=2.0,
-               desc=f"rollout {name} {env.task} ({cfg.placement}, {len(actors)} actors)")
+               desc=f"rollout {name} {env.task} ({cfg.placement})")
+    run_placement = _run_batched if cfg.placement == "batched" else _run_tasks
     reports = []
     try:
         for setting, split in conditions:
             # a setting without backgrounds ignores the split; env.split keeps the config complete
             setting_cfg = setting_env(env, setting, split or env.split, length)
+            identity = {"agent": spec, "checkpoints": _checkpoints(spec), "env": to_dict(setting_cfg),
+                        "seed": cfg.seed, "strip": strip}
+            log = EpisodeLog(location, rollout_key(setting, split).replace("/", "-"), identity)
+            todo = [(i, s) for i, s in enumerate(seeds) if not log.done(i)]
+            bar.update(cfg.episodes - len(todo))
             started = time.perf_counter()
-            if driver is None:
-                results = _run_actor(actors, setting_cfg, seeds, strip, bar)
-            else:
-                results = driver.run(actors, setting_cfg, seeds, strip, bar)
-            reports.append(summarize(setting, setting_cfg, results, time.perf_counter() - started, split))
+
+            def finished(result: dict, log=log) -> None:
+                log.add(result, run)
+                bar.update(1)
+
+            if todo:
+                run_placement(spec, env.task, setting_cfg, todo, strip, cfg, finished)
+            reports.append(summarize(setting, setting_cfg, log.results(cfg.episodes),
+                                     time.perf_counter() - started, split))
+            reports[-1]["resumed"] = cfg.episodes - len(todo)
             bar.set_postfix({reports[-1]["key"]: f"{reports[-1]['normalized_mean']:.2f}"})
     finally:
         bar.close()
-        for actor in actors:
-            ray.kill(actor)
     return reports
+
+
+def _checkpoints(spec: dict) -> list[str]:
+    """The checkpoints a policy agent acts with (a retrained run in the same directory is another agent)."""
+    if spec["kind"] != "policy":
+        return []
+    from raylam.train.artifacts import read_artifact
+
+    return [read_artifact(run).get("checkpoint", "") for run in (spec["policy"], spec["decoder"]) if run]

@@ -26,6 +26,9 @@ class DataLoaderConfig:
 
     clips_per_task: int = spec(4, ge=1, help="clips decoded per Ray Data map task (and per block a worker takes)")
     read_cpus: float = spec(1.0, gt=0.0, help="CPUs per Ray Data decode task")
+    max_cpus: float | None = spec(None, gt=0.0, help="CPUs this stage's Ray Data work may hold at once (Ray "
+                                                     "Data's resource_limits); null: Ray Data's own share. A "
+                                                     "Tune sweep sets it to its data_cpus per trial")
     prefetch_batches: int = spec(2, ge=0, help="blocks of clips prefetched per worker")
     cache_bytes: int = spec(8 << 30, ge=0, help="a worker's share of the training split whose decoded frames fit "
                                                 "this budget is decoded once and kept on its device (i.i.d. "

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 import time
 
@@ -300,14 +301,31 @@ def _report(cfg, values, step, model, optimizer, scheduler, meta, rank, history,
     if step % cfg.checkpoint_every == 0 or step == cfg.steps:
         if history is not None:  # the history up to the checkpoint, persisted with it
             history.flush(step)
-        with tempfile.TemporaryDirectory() as directory:
-            checkpoint = None
-            if rank == 0:
-                save_checkpoint(directory, model, optimizer, scheduler, step, meta, data_state)
-                checkpoint = ray.train.Checkpoint.from_directory(directory)
-            ray.train.report(values, checkpoint=checkpoint)
+        from ray.train import CheckpointUploadMode
+
+        checkpoint, directory, mode = None, None, _upload_mode(cfg, history)
+        if rank == 0:
+            directory = tempfile.mkdtemp(prefix="raylam-checkpoint-")  # ASYNC: Ray removes it once uploaded
+            save_checkpoint(directory, model, optimizer, scheduler, step, meta, data_state)
+            checkpoint = ray.train.Checkpoint.from_directory(directory)
+        ray.train.report(values, checkpoint=checkpoint, checkpoint_upload_mode=mode)
+        if directory is not None and mode == CheckpointUploadMode.SYNC:
+            shutil.rmtree(directory, ignore_errors=True)
     else:
         ray.train.report(values)
+
+
+def _upload_mode(cfg, history):
+    """Checkpoints to object storage upload in the background while training goes on (Ray waits for
+    every upload before the run ends); a local copy is quick, so it is made in place. The failure
+    test hook (``fail_at_step``) keeps uploads synchronous, so its failure lands after the last
+    checkpoint is committed, as the tests that count restores assume."""
+    from ray.train import CheckpointUploadMode
+
+    remote = history is not None and history.remote
+    if remote and cfg.fail_at_step is None:
+        return CheckpointUploadMode.ASYNC
+    return CheckpointUploadMode.SYNC
 
 
 def _wandb(cfg, config: dict, directory: str | None):

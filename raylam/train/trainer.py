@@ -129,6 +129,18 @@ def _timings(metrics: dict, fit_start: float, fit_s: float) -> dict:
     return out
 
 
+def data_config(cfg: TrainConfig):
+    """Train's DataConfig: the training split divided among the workers; with ``data.max_cpus``,
+    Ray Data may hold at most that many CPUs for this run (a Tune trial's data_cpus, enforced)."""
+    from ray.train import DataConfig
+
+    options = None
+    if cfg.data.max_cpus is not None:
+        options = DataConfig.default_ingest_options()
+        options.resource_limits = options.resource_limits.copy(cpu=cfg.data.max_cpus)
+    return DataConfig(datasets_to_split=["train"], execution_options=options)
+
+
 def train(cfg: TrainConfig, experiment: str = "raylam", callbacks: list | None = None, fresh: bool = False):
     """Run one stage on the current Ray cluster: a TorchTrainer run (returns its ``ray.train.Result``),
     or, for ``relabel``, batch inference (returns the relabel artifact).
@@ -138,7 +150,7 @@ def train(cfg: TrainConfig, experiment: str = "raylam", callbacks: list | None =
     ``fresh=True`` (``--force``) never restores. ``callbacks`` go to the run's RunConfig (Tune
     passes its report callback here)."""
     import ray
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     if cfg.stage == "relabel":
@@ -185,7 +197,7 @@ def train(cfg: TrainConfig, experiment: str = "raylam", callbacks: list | None =
                                                            **({"GPU": cfg.gpus_per_worker} if cfg.use_gpu else {}),
                                                            **cfg.resources_per_worker}),
         datasets=datasets,
-        dataset_config=DataConfig(datasets_to_split=["train"]),
+        dataset_config=data_config(cfg),
         run_config=RunConfig(
             name=attempt,
             storage_path=run_dir.root if local else run_dir.uri.rstrip("/"),

@@ -55,12 +55,16 @@ class TrialResources:
                                                    "several DDP ranks on one GPU, ray issue 48012)")
     cpus_per_worker: float | None = spec(None, gt=0.0, help="CPUs per Train worker")
     read_cpus: float | None = spec(None, gt=0.0, help="CPUs per Ray Data decode task (data.read_cpus)")
-    data_cpus: float | None = spec(None, ge=0.0, help="CPUs kept free per trial for its Ray Data tasks when "
-                                                    "max_concurrent_trials is derived; null: read_cpus")
+    data_cpus: float | None = spec(None, gt=0.0, help="CPUs per trial for its Ray Data tasks: enforced as the "
+                                                    "run's Ray Data resource limit (data.max_cpus) and counted "
+                                                    "when max_concurrent_trials is derived; null: read_cpus")
     driver_cpus: float = spec(0.01, ge=0.0, help="CPUs of the trial's driver (it only launches and watches "
                                                 "the Train run; Tune refuses a driver asking for nothing)")
-    driver_resources: dict[str, float] = spec({}, help="custom resources for the driver, e.g. {head: 0.01} to "
-                                                      "keep drivers on a node that is not preempted")
+    driver_resources: dict[str, float] = spec({}, help="custom resources for the driver (beside pin_drivers)")
+    pin_drivers: str | None = spec("head", help="custom resource of the node that runs every trial's driver and "
+                                                "its Train controller (cluster/ declares head: 1000 on the head "
+                                                "node, never a spot node); ignored when the cluster has no such "
+                                                "resource (local Ray); null: drivers go anywhere")
 
 
 @dataclass
@@ -90,7 +94,13 @@ class TuneConfig:
     metric: str = spec("heldout/probe/action/mse", help="objective: a reported metric")
     mode: str = spec("min", choices=("min", "max"))
     scheduler: AshaConfig = spec(AshaConfig())
-    max_concurrent_trials: int | None = spec(None, ge=1, help="null: as many as the cluster's CPUs/GPUs fit")
+    max_concurrent_trials: int | None = spec(None, ge=1, help="null: every trial of the sweep, at most as many "
+                                                             "as cluster_cpus/cluster_gpus fit")
+    cluster_cpus: float | None = spec(None, gt=0.0, help="CPUs of the cluster at its largest (the autoscaler's "
+                                                         "max_workers); null: the CPUs present at the start, right "
+                                                         "for a fixed cluster or a local Ray")
+    cluster_gpus: float | None = spec(None, ge=0.0, help="GPUs of the cluster at its largest; null: those present "
+                                                         "at the start")
     max_failures: int = spec(1, ge=0, help="times a trial's driver is restarted (its Train run resumes)")
     resources: TrialResources = spec(TrialResources())
     wandb: TuneWandbConfig = spec(TuneWandbConfig())

@@ -128,6 +128,8 @@ def plan_sweep(experiment, cfg: TuneConfig) -> SweepPlan:
                        ("cpus_per_worker", r.cpus_per_worker), ("data.read_cpus", r.read_cpus)):
         if value is not None:
             set_dotted(base, key, value)
+    # the CPUs counted for a trial's Ray Data work are the most it may take (enforced by Ray Data)
+    set_dotted(base, "data.max_cpus", r.data_cpus if r.data_cpus is not None else base["data"]["read_cpus"])
     if r.gpus_per_worker != 1.0:
         set_dotted(base, "gpus_per_worker", r.gpus_per_worker)
     if r.gpus_per_worker < 1 and base["num_workers"] > 1:
@@ -204,22 +206,55 @@ def _check_dataset(base: dict, cfg: TuneConfig) -> None:
             raise ConfigError(f"tune.space.num_labeled: {err}") from None
 
 
+def trial_count(cfg: TuneConfig) -> int:
+    """Trials of the sweep: num_samples times the number of grid points."""
+    grid = 1
+    for dist in cfg.space.values():
+        kind, values = next(iter(dist.items()))
+        if kind == "grid":
+            grid *= len(values)
+    return cfg.num_samples * grid
+
+
 def max_concurrent(plan: SweepPlan, cfg: TuneConfig) -> int:
-    """Trials that fit the cluster at once (cfg.max_concurrent_trials wins when set)."""
+    """Trials run at once: ``max_concurrent_trials`` when set; else every trial of the sweep, at most
+    as many as the cluster holds at its largest (``cluster_cpus``/``cluster_gpus``; unset: what it
+    has now, the maximum of a fixed cluster). Never the GPUs of an autoscaling cluster before it
+    scales up, which would be one trial at a time."""
     if cfg.max_concurrent_trials is not None:
         return cfg.max_concurrent_trials
-    import ray
+    cpus, gpus = cfg.cluster_cpus, cfg.cluster_gpus
+    if cpus is None or (gpus is None and plan.gpu_per_trial):
+        import ray
 
-    resources = ray.cluster_resources()
-    fits = [math.floor(resources.get("CPU", 0) / plan.cpu_per_trial + 1e-9)] if plan.cpu_per_trial else []
+        present = ray.cluster_resources()
+        cpus = present.get("CPU", 0.0) if cpus is None else cpus
+        gpus = present.get("GPU", 0.0) if gpus is None else gpus
+    fits = [math.floor(cpus / plan.cpu_per_trial + 1e-9)] if plan.cpu_per_trial else []
     if plan.gpu_per_trial:
-        fits.append(math.floor(resources.get("GPU", 0) / plan.gpu_per_trial + 1e-9))
-    n = min(fits) if fits else 1
+        fits.append(math.floor((gpus or 0.0) / plan.gpu_per_trial + 1e-9))
+    n = min([trial_count(cfg), *fits])
     if n < 1:
         print(f"warning: one trial needs {plan.cpu_per_trial:g} CPU / {plan.gpu_per_trial:g} GPU, the cluster has "
-              f"{resources.get('CPU', 0):g} / {resources.get('GPU', 0):g}; running one trial at a time and waiting "
-              "for the autoscaler", flush=True)
+              f"{cpus:g} / {gpus or 0:g}; running one trial at a time. On an autoscaling cluster set "
+              "tune.cluster_cpus / tune.cluster_gpus to its largest size", flush=True)
     return max(1, n)
+
+
+def driver_resources(cfg: TuneConfig, present: dict[str, float]) -> dict[str, float]:
+    """What a trial's driver asks for: its CPUs, its custom resources and, when the cluster declares
+    the ``pin_drivers`` resource (the head node), a sliver of it, so drivers and their Train
+    controllers (which Train V2 places on the driver's node) never run on a spot node."""
+    out = {"CPU": cfg.resources.driver_cpus, **cfg.resources.driver_resources}
+    pin = cfg.resources.pin_drivers
+    if pin and pin not in out:
+        if present.get(pin):
+            # the head advertises no CPUs (it runs no work): a pinned driver asks for none
+            out.update({"CPU": 0.0, pin: 0.001})
+        else:
+            print(f"note: the cluster declares no {pin!r} resource; trial drivers are not pinned "
+                  f"(declare it on the head node, see cluster/)", flush=True)
+    return out
 
 
 # --------------------------------------------------------------------------- the trial
@@ -315,8 +350,7 @@ def run_tune(experiment, cfg: TuneConfig | None = None, resume: bool = False,
     start = time.perf_counter()
     trainable = tune.with_parameters(_trial, plan=dataclasses.asdict(plan), metric=cfg.metric,
                                      callbacks=tuple(train_callbacks))
-    driver = {"CPU": cfg.resources.driver_cpus, **cfg.resources.driver_resources}
-    trainable = tune.with_resources(trainable, driver)
+    trainable = tune.with_resources(trainable, driver_resources(cfg, ray.cluster_resources()))
 
     restorable = tune.Tuner.can_restore(plan.sweep_dir)
     if restorable and resume:
