@@ -173,3 +173,26 @@ def test_chain_errors_name_the_stage(tmp_path):
     bad.write_text("stages:\n  - {run_name: a, stage: idm}\n")
     with pytest.raises(ConfigError, match=r"stages\[0\] \(a\): model.method: got 'laom_sup', stage 'idm' expects"):
         load_experiment(bad)
+
+
+def test_numbers_as_users_write_them(tmp_path):
+    """YAML 1.2 floats (3e-4, 1e4) in a file, in dotted overrides and in a sweep's search space."""
+    from raylam.tune import load_sweep
+
+    path = tmp_path / "exp.yaml"
+    path.write_text("train:\n  model:\n    lr: 3e-4\n  steps: 1e3\n"
+                    "tune:\n  space:\n    model.sup_coef: {loguniform: [1e-4, 1.0]}\n")
+    experiment, sweep = load_sweep(path)
+    assert experiment.train.model.lr == pytest.approx(3e-4)
+    assert experiment.train.steps == 1000 and isinstance(experiment.train.steps, int)
+    assert sweep.space == {"model.sup_coef": {"loguniform": [1e-4, 1.0]}}
+    cfg = load_experiment(path, ["train.model.lr=5e-5", "collect.env.ground_alpha=.5e-1", "train.steps=2E2"])
+    assert cfg.train.model.lr == pytest.approx(5e-5) and cfg.train.steps == 200
+    assert cfg.collect.env.ground_alpha == pytest.approx(0.05)
+    _, sweep = load_sweep(path, ['tune.space={"model.sup_coef": {loguniform: [1e-3, 1e-1]}}'])
+    assert sweep.space["model.sup_coef"]["loguniform"] == [1e-3, 1e-1]
+    with pytest.raises(ConfigError, match=r"train.steps: got 2.5 \(float\), expected an integer"):
+        load_experiment(path, ["train.steps=2.5"])
+    # a quoted value stays a string, and a string is still refused where a number belongs
+    with pytest.raises(ConfigError, match="train.model.lr: got '3e-4' \\(str\\), expected a number"):
+        load_experiment(path, ["train.model.lr='3e-4'"])
