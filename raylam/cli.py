@@ -7,11 +7,11 @@ import json
 import os
 import sys
 
-from raylam.config import ConfigError, to_dict
+from raylam.config import ConfigError, UserError, to_dict
 
 
-def _add_config_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", "-c", help="experiment YAML file (configs/*.yaml)")
+def _add_config_args(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    parser.add_argument("--config", "-c", required=required, help="experiment YAML file (configs/*.yaml)")
     parser.add_argument(
         "overrides", nargs="*", metavar="KEY=VALUE",
         help="dotted overrides, e.g. collect.episodes=4 collect.env.preset=hard",
@@ -36,6 +36,8 @@ def parse_seeds(text: str) -> list[int]:
 
 
 def _load(args):
+    """The experiment of ``--config`` plus overrides, checked against what the command will touch."""
+    from raylam.checks import check_experiment
     from raylam.experiment import load_experiment
 
     overrides = list(args.overrides)
@@ -45,6 +47,7 @@ def _load(args):
     if args.print_config:
         print(json.dumps(to_dict(cfg), indent=2))
         sys.exit(0)
+    check_experiment(cfg, args.command)
     return cfg
 
 
@@ -84,9 +87,12 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
+    from raylam.checks import check_output_dir, check_reachable, check_runs_exist
     from raylam.eval.config import MethodRuns
     from raylam.eval.evaluate import evaluate_methods
 
+    if not args.config and not args.lam:
+        raise UserError("give --config FILE (its evaluate.methods), or --lam RUN")
     cfg = _load(args)
     evaluation = cfg.evaluate
     if args.lam:  # ad hoc: probe these LAM runs, named by their directory
@@ -97,6 +103,9 @@ def cmd_evaluate(args) -> int:
     output = args.output or cfg.eval_output()
     probes, rollouts = (args.probe or not args.rollout), (args.rollout or not args.probe)
     roots = cfg.run_root() if args.lam else cfg.seed_roots()  # --lam names its runs itself
+    check_runs_exist(evaluation.methods, {None: roots} if isinstance(roots, str) else roots)
+    check_output_dir(output, "--output")
+    check_reachable(output, "--output")
     evaluate_methods(evaluation, roots, output, dataset=args.dataset, probes=probes, rollouts=rollouts,
                      experiment=cfg.name)
     print(f"results: {output}/results.json\nreport: {output}/report.md ({output}/report.html)")
@@ -104,8 +113,10 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_report(args) -> int:
+    from raylam.checks import check_output_dir
     from raylam.eval.report import merge_results, write_report
 
+    check_output_dir(args.output, "--output")
     path = write_report(merge_results(args.runs), args.output)
     print(f"report: {path} ({len(args.runs)} evaluations merged)")
     return 0
@@ -157,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_tune_parser(sub)
 
     p = sub.add_parser("evaluate", help="probes of the LAMs and rollouts of the policies; results.json + report")
-    _add_config_args(p)
+    _add_config_args(p, required=False)
     p.add_argument("--probe", action="store_true", help="only the linear probes")
     p.add_argument("--rollout", action="store_true", help="only the rollouts")
     p.add_argument("--lam", action="append", metavar="RUN", help="probe this LAM/IDM run directory (repeatable)")
@@ -197,10 +208,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except ConfigError as err:
-        print(f"raylam {args.command}: config error: {err}", file=sys.stderr)
+    except UserError as err:  # a mistake in what was asked: one line; anything else is a bug and keeps its traceback
+        kind = "config error: " if isinstance(err, ConfigError) else ""
+        print(f"raylam {args.command}: {kind}{err}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, ValueError) as err:
+    except FileNotFoundError as err:  # a path the user named
         print(f"raylam {args.command}: {err}", file=sys.stderr)
         return 2
 

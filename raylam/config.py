@@ -258,9 +258,11 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
     try:
-        data = parse_yaml(path.read_text()) or {}
+        data = parse_yaml(path.read_text())
     except yaml.YAMLError as err:
         raise ConfigError(f"config file {path}: not valid YAML ({err})") from None
+    if data is None:  # an empty file would silently run every default
+        raise ConfigError(f"config file {path} is empty; expected sections such as collect:, train:, stages:")
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path}: expected a mapping at the top level, got {type(data).__name__}")
     return data

@@ -57,6 +57,27 @@ class ExperimentConfig:
                                   "experiment (`seeds`, or train.seed), not per stage")
         for i in range(len(self.stages)):
             self.stage(i)  # every stage builds and validates now, before any work starts
+        self._check_method_runs()
+
+    def _check_method_runs(self) -> None:
+        """A bare run name in ``evaluate.methods`` must be a stage of this chain that trains the right
+        thing, so a typo fails now rather than after the whole pipeline has trained."""
+        if not self.stages:
+            return  # an evaluation of runs made elsewhere: `raylam evaluate` checks they exist
+        kinds = {entry["run_name"]: self.stage(i).stage for i, entry in enumerate(self.stages)}
+        wanted = {"lam": ("lam", "idm"), "policy": ("latent_bc", "bc"), "decoder": ("action_decoder",)}
+        for i, method in enumerate(self.evaluate.methods):
+            for role, stages in wanted.items():
+                name = getattr(method, role)
+                if name is None or "/" in name:
+                    continue
+                where = f"evaluate.methods[{i}] ({method.name}).{role}"
+                if name not in kinds:
+                    raise ConfigError(f"{where}: {name!r} is not a stage of this experiment; "
+                                      f"stages: {', '.join(kinds)}")
+                if kinds[name] not in stages:
+                    raise ConfigError(f"{where}: stage {name!r} is a {kinds[name]} stage, expected one of "
+                                      f"{list(stages)}")
 
     def seed_list(self) -> list[int]:
         """The training seeds the chain runs with (``seeds``, else ``[train.seed]``)."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 
-from raylam.config import to_dict
+from raylam.config import ConfigError, to_dict
 from raylam.experiment import ExperimentConfig
 
 
@@ -54,7 +54,7 @@ def select_methods(exp: ExperimentConfig, methods: list[str] | None) -> list[int
     known = [m.name for m in exp.evaluate.methods]
     unknown = [m for m in methods if m not in known]
     if unknown:
-        raise ValueError(f"--methods: {unknown} not in evaluate.methods of {exp.name!r} (has {known})")
+        raise ConfigError(f"--methods: {unknown} not in evaluate.methods of {exp.name!r} (has {known})")
     exp.evaluate.methods = [m for m in exp.evaluate.methods if m.name in methods]
     names = [s["run_name"] for s in exp.stages]
     wanted = {run for m in exp.evaluate.methods for run in (m.lam, m.policy, m.decoder) if run in names}
@@ -74,9 +74,9 @@ def run_pipeline(exp: ExperimentConfig, force: bool = False, methods: list[str] 
     from raylam.train.trainer import train
 
     if not exp.stages:
-        raise ValueError(f"pipeline: experiment {exp.name!r} defines no `stages` to train")
+        raise ConfigError(f"pipeline: experiment {exp.name!r} defines no `stages` to train")
     if not exp.evaluate.methods:
-        raise ValueError(f"pipeline: experiment {exp.name!r} has no `evaluate.methods`; nothing would be evaluated")
+        raise ConfigError(f"pipeline: experiment {exp.name!r} has no `evaluate.methods`; nothing would be evaluated")
     stages = select_methods(exp, methods)
     if not ray.is_initialized():
         ray.init()

@@ -137,7 +137,9 @@ def test_killed_collection_resumes_without_duplicates(tmp_path):
     overrides = [f"collect.output={out}", "collect.episodes=4", "collect.episodes_per_shard=1",
                  "collect.num_workers=1", "collect.num_labeled=2", "collect.progress=false",
                  "collect.env.image_size=32", "collect.env.episode_length=40", "collect.clip_length=16"]
-    cmd = [sys.executable, "-m", "raylam.cli", "collect", *overrides]
+    config = tmp_path / "collect.yaml"
+    config.write_text("collect: {}  # the defaults, changed by the overrides below\n")
+    cmd = [sys.executable, "-m", "raylam.cli", "collect", "--config", str(config), *overrides]
     env = {**os.environ, "RAY_ADDRESS": "local"}
     proc = subprocess.Popen(cmd, start_new_session=True, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -81,6 +81,8 @@ def test_config_errors_name_the_key(synthetic, tmp_path):
         (tune_config(base_stage="labels"), "relabel stage"),
         (tune_config(scheduler={"max_t": 60}), "max_t"),
         (tune_config(metric="heldout/sup/action/mse", fixed={"model.method": "laom"}), "laom_sup"),
+        (tune_config(metric="heldout/probe/action/mae"), "never reports; it reports .*heldout/probe/action/mse"),
+        (tune_config(metric="laom/sup_los"), "never reports; it reports .*laom/sup_loss"),
     ]
     for cfg, match in plan_cases:
         with pytest.raises(ConfigError, match=match):

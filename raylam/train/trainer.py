@@ -12,7 +12,7 @@ import os
 import time
 from dataclasses import replace
 
-from raylam.config import to_dict
+from raylam.config import ConfigError, to_dict
 from raylam.data.clips import clip_dataset, decoded_bytes
 from raylam.data.pipeline import DatasetInfo, WindowSpec, configure_data_context
 from raylam.data.storage import resolve
@@ -50,7 +50,7 @@ def stage_datasets(cfg: TrainConfig, info: DatasetInfo, labels: str | None = Non
         datasets["labeled"] = clips("train", True, False)
     if cfg.eval_every:
         if not info.manifest["splits"].get("heldout"):
-            raise ValueError(f"eval_every is {cfg.eval_every}, but dataset {cfg.dataset} has no heldout split "
+            raise ConfigError(f"eval_every is {cfg.eval_every}, but dataset {cfg.dataset} has no heldout split "
                              "(collect with collect.heldout_episodes > 0, or set eval_every: 0)")
         datasets["heldout"] = clips("heldout", False, False)
     return datasets
@@ -89,15 +89,15 @@ def check_dataset(cfg: TrainConfig, info: DatasetInfo) -> dict:
     """Fail before any worker starts when the dataset and the model disagree."""
     shape = info.manifest["frame_shape"]
     if shape[0] != cfg.model.image_size or shape[1] != cfg.model.image_size:
-        raise ValueError(
+        raise ConfigError(
             f"dataset {cfg.dataset} has {shape[0]}x{shape[1]} frames, model.image_size is {cfg.model.image_size}"
         )
     if shape[2] != cfg.model.frame_channels:
-        raise ValueError(f"dataset {cfg.dataset} has {shape[2]} channels, model.frame_channels is {cfg.model.frame_channels}")
+        raise ConfigError(f"dataset {cfg.dataset} has {shape[2]} channels, model.frame_channels is {cfg.model.frame_channels}")
     info.labeled_episodes(cfg.num_labeled)  # raises if the budget exceeds the dataset's labels
     if cfg.stage in LABELED_STAGES or cfg.model.method == "laom_sup":
         if not info.labeled_episodes(cfg.num_labeled):
-            raise ValueError(f"stage {cfg.stage} ({cfg.model.method}) needs labeled episodes; num_labeled is 0")
+            raise ConfigError(f"stage {cfg.stage} ({cfg.model.method}) needs labeled episodes; num_labeled is 0")
     return {"action_dim": info.manifest["action_dim"], "state_dim": info.manifest["state_dim"]}
 
 

@@ -54,7 +54,8 @@ def load_sweep(path: str | Path | None, overrides: list[str] | tuple[str, ...] =
 
 def add_tune_parser(sub) -> None:
     p = sub.add_parser("tune", help="sweep a training stage with Ray Tune + ASHA (tune: section of the config)")
-    p.add_argument("--config", "-c", help="experiment YAML file with a tune: section (configs/tune_*.yaml)")
+    p.add_argument("--config", "-c", required=True,
+                   help="experiment YAML file with a tune: section (configs/tune_*.yaml)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="dotted overrides, e.g. tune.num_samples=8 train.steps=200")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
@@ -68,6 +69,9 @@ def cmd_tune(args) -> int:
     if args.print_config:
         print(json.dumps({**to_dict(experiment), "tune": to_dict(cfg)}, indent=2))
         return 0
+    from raylam.checks import check_experiment
+
+    check_experiment(experiment, "tune")
     summary = run_tune(experiment, cfg, resume=args.resume)
     table = summary.table
     if table is not None and not table.empty:

@@ -159,6 +159,13 @@ def plan_sweep(experiment, cfg: TuneConfig) -> SweepPlan:
                               f"eval_every (e.g. tune.fixed: {{eval_every: {base['report_every']}}})")
         if cfg.metric.startswith("heldout/sup/") and base["model"]["method"] != "laom_sup":
             raise ConfigError(f"tune.metric: {cfg.metric} needs model.method laom_sup (its action head)")
+    from raylam.train.metrics import reported_metrics
+
+    reported = reported_metrics(from_dict(TrainConfig, base))
+    if cfg.metric not in reported:
+        shown = sorted(m for m in reported if not m.startswith("timing/"))
+        raise ConfigError(f"tune.metric: got {cfg.metric!r}, which stage {base_stage} never reports; it reports "
+                          f"{', '.join(shown)}")
     _check_dataset(base, cfg)
 
     every = base["eval_every"] if cfg.metric.startswith("heldout/") else base["report_every"]
