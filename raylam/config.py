@@ -266,14 +266,3 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path}: expected a mapping at the top level, got {type(data).__name__}")
     return data
-
-
-def load_config(cls: type[T], path: str | Path | None = None, overrides: typing.Iterable[str] = ()) -> T:
-    """Load ``cls`` from an optional YAML file plus dotted ``KEY=VALUE`` overrides."""
-    data = load_yaml(path) if path is not None else {}
-    data = apply_overrides(data, overrides)
-    try:
-        return from_dict(cls, data)
-    except ConfigError as err:
-        where = f"{path}: " if path is not None else ""
-        raise ConfigError(f"{where}{err}") from None

@@ -6,12 +6,11 @@ the command line: ``raylam tune --config configs/tune_quickstart.yaml [KEY=VALUE
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 from pathlib import Path
 
-from raylam.config import ConfigError, apply_overrides, from_dict, load_yaml, to_dict
+from raylam.config import ConfigError, to_dict
 from raylam.tune.config import AshaConfig, TrialResources, TuneConfig, TuneWandbConfig
 from raylam.tune.sweep import TuneSummary, run_tune
 
@@ -20,36 +19,11 @@ __all__ = ["AshaConfig", "TrialResources", "TuneConfig", "TuneSummary", "TuneWan
 
 
 def load_sweep(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()):
-    """(ExperimentConfig, TuneConfig) from an experiment YAML with a ``tune`` section plus overrides.
+    """(ExperimentConfig, TuneConfig) from an experiment YAML with a ``tune`` section plus overrides."""
+    from raylam.experiment import load_experiment
 
-    Works whether or not ExperimentConfig has a ``tune`` field (without one, the section is read here)."""
-    from raylam.experiment import ExperimentConfig, load_experiment
-
-    if "tune" in {f.name for f in dataclasses.fields(ExperimentConfig)}:
-        experiment = load_experiment(path, overrides)
-        return experiment, experiment.tune
-    data = load_yaml(path) if path is not None else {}
-    tune_overrides = [o for o in overrides if o.startswith("tune.")]
-    section = apply_overrides({"tune": data.get("tune") or {}}, tune_overrides)["tune"]
-    try:
-        cfg = from_dict(TuneConfig, section, prefix="tune")
-    except ConfigError as err:
-        where = f"{path}: " if path is not None else ""
-        raise ConfigError(f"{where}{err}") from None
-    # the same steps as load_experiment, on the file without its tune section
-    from raylam.experiment import deep_merge, train_overrides
-
-    rest = [o for o in overrides if not o.startswith("tune.")]
-    data = apply_overrides({k: v for k, v in data.items() if k != "tune"}, rest)
-    extra = train_overrides(rest)
-    if extra and data.get("stages"):
-        data["stages"] = [deep_merge(stage, extra) for stage in data["stages"]]
-    try:
-        experiment = from_dict(ExperimentConfig, data)
-    except ConfigError as err:
-        where = f"{path}: " if path is not None else ""
-        raise ConfigError(f"{where}{err}") from None
-    return experiment, cfg
+    experiment = load_experiment(path, overrides)
+    return experiment, experiment.tune
 
 
 def add_tune_parser(sub) -> None:
