@@ -73,16 +73,16 @@ def cmd_train(args) -> int:
         print(f"raylam train: {args.config} defines no `stages`", file=sys.stderr)
         return 2
     indices = [cfg.stage_index(name) for name in args.stage] if args.stage else range(len(cfg.stages))
-    for seed in cfg.seed_list():
-        for i in indices:
-            stage = cfg.stage(i, seed)
-            what = f"labels from {stage.lam_run}" if stage.stage == "relabel" else stage.model.method
-            print(f"== stage {stage.run_name}: {stage.stage} ({what}, seed {seed}) -> "
-                  f"{stage.storage_path}/{stage.run_name}", flush=True)
-            result = train(stage, cfg.name)
-            metrics = result if isinstance(result, dict) else result.metrics
-            shown = {k: round(v, 4) for k, v in metrics.items() if k in ("loss", "step", "samples_per_s", "num_labels")}
-            print(f"== stage {stage.run_name} done: {shown}", flush=True)
+    plan = [(seed, i) for seed in cfg.seed_list() for i in indices]
+    for k, (seed, i) in enumerate(plan, 1):
+        stage = cfg.stage(i, seed)
+        what = f"labels from {stage.lam_run}" if stage.stage == "relabel" else stage.model.method
+        print(f"== stage {k}/{len(plan)} {stage.run_name}: {stage.stage} ({what}, seed {seed}) -> "
+              f"{stage.storage_path}/{stage.run_name}", flush=True)
+        result = train(stage, cfg.name, label=f"[{k}/{len(plan)}] {stage.run_name}")
+        metrics = result if isinstance(result, dict) else result.metrics
+        shown = {k: round(v, 4) for k, v in metrics.items() if k in ("loss", "step", "samples_per_s", "num_labels")}
+        print(f"== stage {k}/{len(plan)} {stage.run_name} done: {shown}", flush=True)
     return 0
 
 

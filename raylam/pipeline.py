@@ -88,19 +88,20 @@ def run_pipeline(exp: ExperimentConfig, force: bool = False, methods: list[str] 
     print(f"== collect done: {manifest['num_episodes']} episodes, {manifest['num_transitions']} frames "
           f"({timings['collect']:.0f} s)", flush=True)
     seeds = exp.seed_list()
-    for seed in seeds:
-        for i in stages:
-            stage = exp.stage(i, seed)
-            label = stage.run_name if len(seeds) == 1 else f"seed{seed}/{stage.run_name}"
-            if not force and stage_is_done(stage):
-                print(f"== stage {label}: already done with this config, skipped", flush=True)
-                continue
-            t = time.perf_counter()
-            what = f"labels from {stage.lam_run}" if stage.stage == "relabel" else stage.model.method
-            print(f"== stage {label}: {stage.stage} ({what}, seed {seed})", flush=True)
-            train(stage, exp.name)
-            timings[label] = time.perf_counter() - t
-            print(f"== stage {label} done ({timings[label]:.0f} s)", flush=True)
+    plan = [(seed, i) for seed in seeds for i in stages]
+    for k, (seed, i) in enumerate(plan, 1):
+        stage = exp.stage(i, seed)
+        label = stage.run_name if len(seeds) == 1 else f"seed{seed}/{stage.run_name}"
+        counter = f"{k}/{len(plan)}"
+        if not force and stage_is_done(stage):
+            print(f"== stage {counter} {label}: already done with this config, skipped", flush=True)
+            continue
+        t = time.perf_counter()
+        what = f"labels from {stage.lam_run}" if stage.stage == "relabel" else stage.model.method
+        print(f"== stage {counter} {label}: {stage.stage} ({what}, seed {seed})", flush=True)
+        train(stage, exp.name, label=f"[{counter}] {label}")
+        timings[label] = time.perf_counter() - t
+        print(f"== stage {counter} {label} done ({timings[label]:.0f} s)", flush=True)
     t = time.perf_counter()
     output = exp.eval_output()
     results = evaluate_methods(exp.evaluate, exp.seed_roots(), output, experiment=exp.name)

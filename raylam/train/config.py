@@ -95,6 +95,10 @@ class TrainConfig:
     keep_checkpoints: int = spec(2, ge=1, help="checkpoints kept (newest by step)")
     max_failures: int = spec(2, ge=0, help="worker failures survived by restoring the last checkpoint")
     wandb: WandbConfig = spec(WandbConfig())
+    progress: bool = spec(True, help="one line per report from rank 0: step/total, loss, samples/s, ETA")
+    log_level: str = spec("WARNING", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+                          help="Ray Train's own console logs (INFO: a line per worker per report, worker-group "
+                               "start-up); its log files keep everything")
     fail_at_step: int | None = spec(None, ge=1, help="test hook: raise once at this step (never on a resumed run)")
     step_delay_s: float = spec(0.0, ge=0.0, help="test hook: sleep after every step (a slow GPU step on tiny data, so "
                                                  "a failure can land mid-run)")

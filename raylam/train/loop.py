@@ -19,6 +19,7 @@ import torch
 from raylam.config import from_dict, to_dict
 from raylam.models import Batch, build_model, evaluate
 from raylam.models.config import ModelConfig
+from raylam.train.progress import Progress
 
 CHECKPOINT_FILE = "model.pt"
 CHECKPOINT_META = "meta.json"
@@ -124,10 +125,14 @@ def train_loop_per_worker(config: dict) -> None:
     writer = _tensorboard(config.get("tensorboard_dir")) if rank == 0 else None
     wandb_run = _wandb(cfg, config) if rank == 0 else None
 
+    progress = Progress(config.get("label") or config.get("run_name") or cfg.stage, cfg.steps, step)
+
     def report(values: dict, step: int) -> None:
         values.update(timing)
         if data.heldout is not None and (step % cfg.eval_every == 0 or step == cfg.steps):
             values.update(_heldout_metrics(unwrapped, data, cfg))
+        if rank == 0 and cfg.progress:
+            print(progress.line(values, step), flush=True)
         _report(cfg, values, step, unwrapped, optimizer, scheduler, meta, rank, writer, wandb_run, data.state())
 
     fit(model, unwrapped, optimizer, scheduler, data, cfg, device, world, step, report,

@@ -127,13 +127,14 @@ def _timings(metrics: dict, fit_start: float, fit_s: float) -> dict:
     return out
 
 
-def train(cfg: TrainConfig, experiment: str = "raylam", callbacks: list | None = None):
+def train(cfg: TrainConfig, experiment: str = "raylam", callbacks: list | None = None, label: str | None = None):
     """Run one stage on the current Ray cluster: a TorchTrainer run (returns its ``ray.train.Result``),
     or, for ``relabel``, batch inference (returns the relabel artifact).
 
-    ``callbacks`` go to the run's RunConfig (Tune passes its report callback here)."""
+    ``callbacks`` go to the run's RunConfig (Tune passes its report callback here); ``label`` starts
+    each progress line (default: the run name)."""
     import ray
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     if cfg.stage == "relabel":
@@ -164,7 +165,7 @@ def train(cfg: TrainConfig, experiment: str = "raylam", callbacks: list | None =
     configure_data_context(cfg.data.progress_bars)
     datasets = stage_datasets(cfg, info, labels)
     loop_config = {
-        "train": to_dict(cfg), "dims": dims, "datasets": sorted(datasets), "run_name": name,
+        "train": to_dict(cfg), "dims": dims, "datasets": sorted(datasets), "run_name": name, "label": label or name,
         "data_mode": data_mode(cfg, info), "labeled_only": cfg.stage in LABELED_STAGES,
         # absolute: Ray Train runs the loop in a directory of its own, where a relative path means nothing
         "policy_run": resolve(cfg.policy_run).url("").rstrip("/") if cfg.stage == "action_decoder" and cfg.policy_run
@@ -185,6 +186,7 @@ def train(cfg: TrainConfig, experiment: str = "raylam", callbacks: list | None =
             name=name,
             storage_path=storage.root if local else cfg.storage_path,
             failure_config=FailureConfig(max_failures=cfg.max_failures),
+            logging_config=LoggingConfig(log_level=cfg.log_level),
             callbacks=callbacks,
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints, checkpoint_score_attribute="step",
                                                checkpoint_score_order="max"),
