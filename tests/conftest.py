@@ -22,3 +22,11 @@ def ray_local():
                  runtime_env={"env_vars": {"MUJOCO_GL": os.environ["MUJOCO_GL"]}})
     yield ray
     ray.shutdown()
+
+
+def pytest_collection_modifyitems(config, items):
+    """A test that starts Ray (through the ``ray_local`` fixture, directly or via another fixture) is
+    slow by definition: ``pytest -m "not slow"`` is then the Ray-free fast tier."""
+    for item in items:
+        if "ray_local" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)

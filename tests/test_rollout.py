@@ -13,7 +13,15 @@ from raylam.config import from_dict, to_dict
 from raylam.envs import EnvConfig
 from raylam.eval.agents import make_agent
 from raylam.eval.config import RolloutConfig
-from raylam.eval.rollout import check_image_size, evaluate_online, expert_return, strip_indices
+from raylam.eval.rollout import (
+    RolloutWorker,
+    check_image_size,
+    episode_seed,
+    evaluate_online,
+    expert_return,
+    setting_env,
+    strip_indices,
+)
 from raylam.models import ModelConfig, build_model
 from raylam.train.loop import save_checkpoint
 
@@ -108,11 +116,21 @@ def test_same_seeds_twice_are_bit_identical_in_either_placement(expert_actor, ra
 
 
 def test_policy_checkpoints_act(runs, ray_local):
-    # a bc policy acting from its actors is exercised by test_pipeline on a trained run
-    decoded = evaluate_online({"kind": "policy", "policy": runs["latent_bc"], "decoder": runs["decoder"]},
-                              ENV, rollout_config(placement="batched"))
-    for report in decoded:
-        assert np.all(np.isfinite(report["returns"])) and report["frames"].shape == (4, 32, 32, 3)
+    """The decoded policy (latent BC + decoder checkpoints), acting for the batched driver, plays the very
+    episodes that the same checkpoints play when loaded and stepped in this process, without Ray."""
+    spec = {"kind": "policy", "policy": runs["latent_bc"], "decoder": runs["decoder"]}
+    cfg = rollout_config(placement="batched")
+    (report,) = evaluate_online(spec, ENV, cfg)
+    assert report["frames"].shape == (4, 32, 32, 3)
+    local = RolloutWorker(TASK, "osmesa", spec)
+    env = setting_env(ENV, DISTRACTING, "eval", LENGTH)
+    episodes = [local.run_episode(env, i, episode_seed(cfg.seed, i), strip_indices(LENGTH, 4))
+                for i in range(cfg.episodes)]
+    np.testing.assert_allclose(report["returns"], [e["return"] for e in episodes], rtol=1e-4)
+    np.testing.assert_array_equal(report["frames"], episodes[0]["frames"])
+    # and it is not the random policy on those episodes
+    random = evaluate_online({"kind": "random"}, ENV, cfg)[0]
+    assert report["returns"] != random["returns"]
 
 
 def test_policy_agent_checks_dimensions(runs):

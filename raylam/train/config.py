@@ -102,6 +102,11 @@ class TrainConfig:
     fail_at_step: int | None = spec(None, ge=1, help="test hook: raise once at this step (never on a resumed run)")
     step_delay_s: float = spec(0.0, ge=0.0, help="test hook: sleep after every step (a slow GPU step on tiny data, so "
                                                  "a failure can land mid-run)")
+    wait_at_step: int | None = spec(None, ge=1, help="test hook: after reporting this step (and its checkpoint), every "
+                                                    "worker writes <wait_for_file>.waiting-<rank> and waits until "
+                                                    "wait_for_file exists (never on a resumed run): chaos tests act "
+                                                    "on an event, not on timing")
+    wait_for_file: str | None = spec(None, help="test hook: the file wait_at_step waits for")
 
     def validate(self) -> None:
         allowed = STAGE_METHODS[self.stage]
@@ -118,6 +123,8 @@ class TrainConfig:
             raise ConfigError(
                 f"eval_every: got {self.eval_every}, expected a multiple of report_every ({self.report_every})"
             )
+        if (self.wait_at_step is None) != (self.wait_for_file is None):
+            raise ConfigError("wait_at_step and wait_for_file: set both or neither (a test hook)")
         if self.stage == "relabel" and not self.lam_run:
             raise ConfigError("lam_run: stage relabel needs the run directory of a trained LAM or IDM")
         if self.stage == "latent_bc" and not self.labels:

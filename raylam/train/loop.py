@@ -134,6 +134,8 @@ def train_loop_per_worker(config: dict) -> None:
         if rank == 0 and cfg.progress:
             print(progress.line(values, step), flush=True)
         _report(cfg, values, step, unwrapped, optimizer, scheduler, meta, rank, writer, wandb_run, data.state())
+        if step == cfg.wait_at_step and not resumed:
+            _wait_for_file(cfg.wait_for_file, rank)
 
     fit(model, unwrapped, optimizer, scheduler, data, cfg, device, world, step, report,
         fail_at_step=None if resumed else cfg.fail_at_step)
@@ -311,6 +313,14 @@ def _report(cfg, values, step, model, optimizer, scheduler, meta, rank, writer, 
             ray.train.report(values, checkpoint=checkpoint)
     else:
         ray.train.report(values)
+
+
+def _wait_for_file(path: str, rank: int) -> None:
+    """Test hook (``wait_at_step``): say this worker is waiting, then block until ``path`` exists."""
+    with open(f"{path}.waiting-{rank}", "w") as f:
+        f.write(str(os.getpid()))
+    while not os.path.exists(path):
+        time.sleep(0.05)
 
 
 def _tensorboard(directory: str | None):

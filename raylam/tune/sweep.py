@@ -245,10 +245,15 @@ def _objective_callback(metric: str):
     return ObjectiveReportCallback()
 
 
-def trial_train_config(base: dict, config: dict, sweep_dir: str, trial_id: str) -> TrainConfig:
+def trial_train_config(base: dict, config: dict, sweep_dir: str, trial_id: str,
+                       max_t: int | None = None) -> TrainConfig:
+    """A trial's stage: the base with the trial's values, in the sweep's runs directory. Its own step
+    budget ends at ASHA's ``max_t``, so a stop decision that arrives late cannot let it run past it."""
     data = copy.deepcopy(base)
     for key, value in config.items():
         set_dotted(data, key, plain(value))
+    if max_t is not None:
+        data["steps"] = min(int(data["steps"]), max_t)
     data["run_name"] = f"trial-{trial_id}"
     data["storage_path"] = f"{sweep_dir}/{RUNS_DIR}"
     return from_dict(TrainConfig, data)
@@ -262,7 +267,7 @@ def _trial(config: dict, plan: dict | None = None, metric: str = "",
     from raylam.train.trainer import train
 
     trial_id = ray.tune.get_context().get_trial_id()
-    cfg = trial_train_config(plan["base"], config, plan["sweep_dir"], trial_id)
+    cfg = trial_train_config(plan["base"], config, plan["sweep_dir"], trial_id, plan["max_t"])
     train(cfg, plan["experiment"], callbacks=[_objective_callback(metric), *(make() for make in callbacks)])
 
 
