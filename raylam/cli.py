@@ -135,6 +135,16 @@ def cmd_pipeline(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from raylam.export import describe, export_run
+
+    path = export_run(args.run, args.output, decoder_dir=args.decoder)
+    with open(path) as f:
+        config = json.load(f)
+    print(f"exported {describe(config)} to {args.output} (load with raylam.load({args.output!r}))")
+    return 0
+
+
 def cmd_inspect(args) -> int:
     from raylam.data.inspect import frame_grid, inspect_dataset
 
@@ -188,6 +198,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", metavar="A,B", help="only these evaluate.methods and the stages they need")
     _add_seeds_arg(p, "the chain runs once per seed; one merged report, mean ± std over the seeds")
     p.set_defaults(func=cmd_pipeline)
+
+    p = sub.add_parser("export", help="a finished run as safetensors + config.json, loadable without Ray "
+                                      "(raylam.load)")
+    p.add_argument("run", help="run directory of a finished stage (a LAM, IDM, bc or latent_bc policy)")
+    p.add_argument("--output", "-o", required=True, help="directory for model.safetensors and config.json")
+    p.add_argument("--decoder", metavar="RUN", help="the action_decoder run of a latent_bc policy: exported with "
+                                                   "it, loads as one acting policy")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("inspect", help="validate a dataset and print a summary; optional PNG of frames")
     p.add_argument("dataset", help="dataset directory or URI")
