@@ -124,3 +124,26 @@ def test_progress_line_per_report():
     assert resumed.line({"heldout/probe/action/mse": 0.25, "heldout/probe/action/r2": 0.1}, 60) == (
         "x | step  60/100 ( 60%) | probe/action/mse 0.25 | ETA 2m00s")
     assert format_duration(3725) == "1h02m" and format_duration(59.6) == "1m00s"
+
+
+def test_weight_decay_shrinks_matrices_only():
+    """model.weight_decay: one AdamW step moves every matrix by exactly lr * wd * w more than plain Adam
+    (weight_decay 0), and leaves biases and norms alone; probes never decay."""
+    after, lr = {}, None
+    for decay in (0.0, 0.5):
+        cfg = config("laom_sup", steps=1, weight_decay=decay)
+        model, optimizer, scheduler = setup_model(cfg, DIMS, torch.device("cpu"))
+        start = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}  # no EMA target
+        lr = optimizer.param_groups[0]["lr"]
+        if decay:
+            kinds = {(g["weight_decay"], p.ndim >= 2) for g in optimizer.param_groups for p in g["params"]}
+            assert kinds == {(0.5, True), (0.0, False), (0.0, True)}  # (0, matrix): the probes
+        torch.manual_seed(5)
+        fit(model, model, optimizer, scheduler, Data(cfg, store()), cfg, torch.device("cpu"), 1, 0,
+            lambda values, step: None)
+        after[decay] = {n: p.detach().clone() for n, p in model.named_parameters()}
+    for name, w in start.items():
+        expected = after[0.0][name]
+        if w.ndim >= 2 and not name.startswith("probes."):
+            expected = expected - lr * 0.5 * w
+        torch.testing.assert_close(after[0.5][name], expected, msg=name)

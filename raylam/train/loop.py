@@ -164,14 +164,25 @@ def hash_seed(*parts: int) -> int:
 
 
 def make_optimizer(model, cfg, device):
-    """Adam over the model's parameter groups: the model's learning rate warms up and decays; probes
-    (the paper's diagnostic, their own optimiser in the released code) keep a constant rate."""
+    """AdamW over the model's parameter groups: the model's learning rate warms up and decays and its
+    matrices take ``model.weight_decay`` (biases and norms none); probes (the paper's diagnostic, their
+    own optimiser in the released code) keep a constant rate, no decay and no gradient clipping.
+    With weight_decay 0 this is exactly Adam."""
     groups = model.param_groups() if hasattr(model, "param_groups") else [{"params": model.trainable_parameters()}]
-    groups = [g for g in groups if g["params"]]
-    optimizer = torch.optim.Adam([{"params": g["params"]} for g in groups], lr=cfg.model.lr,
-                                 fused=device.type == "cuda")
-    schedule = [(lambda s: 1.0) if g.get("constant_lr") else
-                (lambda s: warmup_linear(s, cfg.steps, cfg.model.warmup_fraction)) for g in groups]
+    decay = cfg.model.weight_decay
+    param_groups, schedule = [], []
+    for group in groups:
+        constant = bool(group.get("constant_lr"))
+        params = group["params"]
+        parts = [(params, 0.0)] if constant or not decay else [
+            ([p for p in params if p.ndim >= 2], decay), ([p for p in params if p.ndim < 2], 0.0)]
+        for part, weight_decay in parts:
+            if not part:
+                continue
+            param_groups.append({"params": part, "weight_decay": weight_decay, "clip": not constant})
+            schedule.append((lambda s: 1.0) if constant else
+                            (lambda s: warmup_linear(s, cfg.steps, cfg.model.warmup_fraction)))
+    optimizer = torch.optim.AdamW(param_groups, lr=cfg.model.lr, fused=device.type == "cuda")
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
 
 
@@ -267,7 +278,8 @@ def fit(model, unwrapped, optimizer, scheduler, data, cfg, device, world: int, s
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.model.grad_clip is not None:  # the model's parameters, not the probes' (as released)
-            torch.nn.utils.clip_grad_norm_(optimizer.param_groups[0]["params"], cfg.model.grad_clip)
+            clipped = [p for g in optimizer.param_groups if g.get("clip", True) for p in g["params"]]
+            torch.nn.utils.clip_grad_norm_(clipped, cfg.model.grad_clip)
         optimizer.step()
         scheduler.step()
         unwrapped.after_step()

@@ -7,10 +7,9 @@ the command line: ``raylam tune --config configs/tune_quickstart.yaml [KEY=VALUE
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
-from raylam.config import ConfigError, to_dict
+from raylam.config import to_dict
 from raylam.tune.config import AshaConfig, TrialResources, TuneConfig, TuneWandbConfig
 from raylam.tune.sweep import TuneSummary, run_tune
 
@@ -71,16 +70,3 @@ class _pandas_wide:
 
     def __exit__(self, *exc):
         return self._ctx.__exit__(*exc)
-
-
-def main(argv: list[str] | None = None) -> int:  # `python -m raylam.tune` until raylam.cli has the command
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="raylam")
-    add_tune_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except (ConfigError, FileNotFoundError, ValueError) as err:
-        print(f"raylam tune: {err}", file=sys.stderr)
-        return 2

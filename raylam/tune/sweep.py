@@ -58,13 +58,6 @@ def set_dotted(data: dict, key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def get_dotted(data: dict, key: str) -> Any:
-    node: Any = data
-    for part in key.split("."):
-        node = node[part]
-    return node
-
-
 def trial_dirname(trial) -> str:
     """Short trial directories (Tune's default puts every sampled value in the name)."""
     return f"trial-{trial.trial_id}"
