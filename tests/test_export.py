@@ -14,7 +14,7 @@ import torch
 from raylam.cli import main
 from raylam.config import to_dict
 from raylam.models import ModelConfig, build_model
-from raylam.train.loop import save_checkpoint
+from raylam.train.checkpoint import save_checkpoint
 
 A, S = 6, 5
 ROOT = Path(__file__).resolve().parents[1]

@@ -23,7 +23,7 @@ from raylam.eval.rollout import (
     strip_indices,
 )
 from raylam.models import ModelConfig, build_model
-from raylam.train.loop import save_checkpoint
+from raylam.train.checkpoint import save_checkpoint
 
 TASK, ACTION_DIM, STATE_DIM = "cheetah-run", 6, 17
 LENGTH = 60

@@ -18,8 +18,8 @@ import torch
 from raylam.data.pipeline import DatasetInfo, WindowSpec, configure_data_context, window_dataset
 from raylam.eval.config import ProbeConfig
 from raylam.models import Batch, Moments, RidgeFit
+from raylam.models.batch import rows_to_batch
 from raylam.train.artifacts import load_run
-from raylam.train.loop import rows_to_batch
 
 
 def _windows(info: DatasetInfo, frame_stack: int, split: str, limit: int | None, cfg: ProbeConfig, device):

@@ -33,7 +33,7 @@ def load_run(run_dir: str, device: str | torch.device = "cpu", expect_stages: tu
     """(model in eval mode, checkpoint meta, artifact) of a finished training run."""
     import ray.train
 
-    from raylam.train.loop import load_model_from_directory
+    from raylam.train.checkpoint import load_model_from_directory
 
     artifact = read_artifact(run_dir, expect_stages)
     if "checkpoint" not in artifact:

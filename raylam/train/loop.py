@@ -9,7 +9,6 @@ mid-epoch position).
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 import time
@@ -17,32 +16,9 @@ import time
 import torch
 
 from raylam.config import from_dict, to_dict
-from raylam.models import Batch, build_model, evaluate
-from raylam.models.config import ModelConfig
+from raylam.models import build_model, evaluate
+from raylam.train.checkpoint import CHECKPOINT_FILE, save_checkpoint
 from raylam.train.progress import Progress
-
-CHECKPOINT_FILE = "model.pt"
-CHECKPOINT_META = "meta.json"
-
-
-def rows_to_batch(rows: dict[str, torch.Tensor], device: torch.device, latents: torch.Tensor | None = None) -> Batch:
-    """Window rows (as iter_torch_batches yields them) -> a model Batch on ``device``.
-
-    The next observation's stack is built here from the current stack and the next frame, so the
-    pipeline ships 7 frames per window instead of 9.
-    """
-    obs = rows["obs"].to(device, non_blocking=True)
-    next_obs = torch.cat([obs[:, 1:], rows["next_frame"].to(device, non_blocking=True)[:, None]], dim=1)
-    return Batch(
-        obs=obs,
-        next_obs=next_obs,
-        future_obs=rows["future_obs"].to(device, non_blocking=True),
-        offset=rows["offset"].to(device, non_blocking=True),
-        actions=rows["actions"].to(device, non_blocking=True),
-        states=rows["states"].to(device, non_blocking=True),
-        labeled=rows["labeled"].to(device, non_blocking=True),
-        latents=None if "latents" not in rows else rows["latents"].to(device, non_blocking=True),
-    )
 
 
 def warmup_linear(step: int, total: int, warmup_fraction: float) -> float:
@@ -51,31 +27,6 @@ def warmup_linear(step: int, total: int, warmup_fraction: float) -> float:
     if step < warmup:
         return (step + 1) / warmup
     return max(0.0, (total - step) / max(1, total - warmup))
-
-
-def save_checkpoint(directory: str, model: torch.nn.Module, optimizer, scheduler, step: int, meta: dict,
-                    data_state: dict | None = None) -> None:
-    torch.save(
-        {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-         "scheduler": scheduler.state_dict(), "step": step, "data": data_state or {}},
-        os.path.join(directory, CHECKPOINT_FILE),
-    )
-    with open(os.path.join(directory, CHECKPOINT_META), "w") as f:
-        json.dump({**meta, "step": step}, f, indent=2)
-
-
-def load_model_from_directory(directory: str, device: str | torch.device = "cpu"):
-    """(model in eval mode, meta) from a checkpoint directory written by this loop."""
-    meta_path = os.path.join(directory, CHECKPOINT_META)
-    if not os.path.exists(meta_path):
-        raise FileNotFoundError(f"{directory}: no {CHECKPOINT_META}; not a raylam checkpoint")
-    with open(meta_path) as f:
-        meta = json.load(f)
-    cfg = from_dict(ModelConfig, meta["model"])
-    model = build_model(cfg, meta["action_dim"], meta["state_dim"])
-    state = torch.load(os.path.join(directory, CHECKPOINT_FILE), map_location=device, weights_only=True)
-    model.load_state_dict(state["model"])
-    return model.to(device).eval(), meta
 
 
 def train_loop_per_worker(config: dict) -> None:
