@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -33,7 +35,7 @@ def train_loop_per_worker(config: dict) -> None:
     """Ray Train's entry point: set up model, optimizer and data on this worker, then :func:`fit`.
 
     Ray's touch points are all here: the worker context, ``prepare_model`` (DDP), the dataset
-    shards, ``get_checkpoint`` (restore) and, in :func:`_report`, ``report`` with checkpoints.
+    shards, ``get_checkpoint`` (restore) and, in :class:`Reporter`, ``report`` with checkpoints.
     """
     import ray.train
     import ray.train.torch
@@ -73,27 +75,22 @@ def train_loop_per_worker(config: dict) -> None:
     model = ray.train.torch.prepare_model(model, move_to_device=False)
     meta = {"stage": cfg.stage, "model": to_dict(cfg.model), "dataset": cfg.dataset,
             "num_labeled": cfg.num_labeled, "seed": cfg.seed, **dims}
-    writer = _tensorboard(config.get("tensorboard_dir")) if rank == 0 else None
-    wandb_run = _wandb(cfg, config) if rank == 0 else None
-
-    progress = Progress(config.get("label") or config.get("run_name") or cfg.stage, cfg.steps, step)
+    reporter = Reporter(cfg, unwrapped, optimizer, scheduler, meta, rank,
+                        writer=_tensorboard(config.get("tensorboard_dir")) if rank == 0 else None,
+                        wandb_run=_wandb(cfg, config) if rank == 0 else None,
+                        progress=Progress(config.get("label") or config.get("run_name") or cfg.stage, cfg.steps, step))
 
     def report(values: dict, step: int) -> None:
         values.update(timing)
         if data.heldout is not None and (step % cfg.eval_every == 0 or step == cfg.steps):
             values.update(_heldout_metrics(unwrapped, data, cfg))
-        if rank == 0 and cfg.progress:
-            print(progress.line(values, step), flush=True)
-        _report(cfg, values, step, unwrapped, optimizer, scheduler, meta, rank, writer, wandb_run, data.state())
+        reporter(values, step, data.state())
         if step == cfg.wait_at_step and not resumed:
             _wait_for_file(cfg.wait_for_file, rank)
 
     fit(model, unwrapped, optimizer, scheduler, data, cfg, device, world, step, report,
         fail_at_step=None if resumed else cfg.fail_at_step)
-    if writer is not None:
-        writer.close()
-    if wandb_run is not None:
-        wandb_run.finish()
+    reporter.close()
 
 
 def setup_model(cfg, dims: dict, device, policy=None):
@@ -258,24 +255,48 @@ def _heldout_metrics(model, data, cfg) -> dict[str, float]:
     return {f"heldout/{name}": value for name, value in evaluate(model, batches).items()}
 
 
-def _report(cfg, values, step, model, optimizer, scheduler, meta, rank, writer, wandb_run, data_state) -> None:
-    import ray.train
+@dataclass
+class Reporter:
+    """Where this worker's reports go: rank 0's progress line, TensorBoard and wandb, and
+    ``ray.train.report`` (every worker, as often: it is a barrier), with rank 0's checkpoint every
+    ``checkpoint_every`` steps and at the end."""
 
-    if writer is not None:
-        for k, v in values.items():
-            writer.add_scalar(k, v, step)
-        writer.flush()
-    if wandb_run is not None:
-        wandb_run.log(values, step=step)
-    if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+    cfg: Any
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    meta: dict
+    rank: int
+    writer: Any = None
+    wandb_run: Any = None
+    progress: Progress | None = None
+
+    def __call__(self, values: dict, step: int, data_state: dict | None) -> None:
+        import ray.train
+
+        if self.rank == 0 and self.cfg.progress and self.progress is not None:
+            print(self.progress.line(values, step), flush=True)
+        if self.writer is not None:
+            for k, v in values.items():
+                self.writer.add_scalar(k, v, step)
+            self.writer.flush()
+        if self.wandb_run is not None:
+            self.wandb_run.log(values, step=step)
+        if step % self.cfg.checkpoint_every and step != self.cfg.steps:
+            ray.train.report(values)
+            return
         with tempfile.TemporaryDirectory() as directory:
             checkpoint = None
-            if rank == 0:
-                save_checkpoint(directory, model, optimizer, scheduler, step, meta, data_state)
+            if self.rank == 0:
+                save_checkpoint(directory, self.model, self.optimizer, self.scheduler, step, self.meta, data_state)
                 checkpoint = ray.train.Checkpoint.from_directory(directory)
             ray.train.report(values, checkpoint=checkpoint)
-    else:
-        ray.train.report(values)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        if self.wandb_run is not None:
+            self.wandb_run.finish()
 
 
 def _wait_for_file(path: str, rank: int) -> None:
