@@ -28,7 +28,7 @@ from typing import Any
 from raylam.config import ConfigError, apply_overrides, from_dict, load_yaml, spec, to_dict
 from raylam.data.config import CollectConfig
 from raylam.eval.config import EvalConfig
-from raylam.train.config import TrainConfig
+from raylam.train.config import UPSTREAM_FIELDS, TrainConfig
 from raylam.tune.config import TuneConfig
 
 
@@ -112,7 +112,7 @@ class ExperimentConfig:
         merged = deep_merge(to_dict(self.train), entry)
         merged["seed"] = seed
         prefix = self.seed_root(seed)
-        for key in ("lam_run", "labels", "policy_run"):  # a bare name refers to a stage of this experiment
+        for key in UPSTREAM_FIELDS:  # a bare name refers to a stage of this experiment
             value = merged.get(key)
             if isinstance(value, str) and "/" not in value:
                 if value not in [s["run_name"] for s in self.stages[:index]]:

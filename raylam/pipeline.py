@@ -13,6 +13,7 @@ import time
 
 from raylam.config import ConfigError, to_dict
 from raylam.experiment import ExperimentConfig
+from raylam.train.config import UPSTREAM_FIELDS
 
 
 def stage_is_done(cfg) -> bool:
@@ -60,7 +61,7 @@ def select_methods(exp: ExperimentConfig, methods: list[str] | None) -> list[int
     wanted = {run for m in exp.evaluate.methods for run in (m.lam, m.policy, m.decoder) if run in names}
     for entry in reversed(exp.stages):  # stages only read earlier ones, so one backward pass closes the set
         if entry["run_name"] in wanted:
-            wanted |= {entry.get(key) for key in ("lam_run", "labels", "policy_run")} & set(names)
+            wanted |= {entry.get(key) for key in UPSTREAM_FIELDS} & set(names)
     return [i for i, name in enumerate(names) if name in wanted]
 
 

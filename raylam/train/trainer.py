@@ -17,7 +17,7 @@ from raylam.data.clips import clip_dataset, decoded_bytes
 from raylam.data.pipeline import DatasetInfo, WindowSpec, configure_data_context
 from raylam.data.storage import resolve
 from raylam.train.artifacts import ARTIFACT, read_artifact
-from raylam.train.config import TrainConfig
+from raylam.train.config import LABELED_STAGES, TrainConfig
 from raylam.train.loop import train_loop_per_worker
 
 
@@ -27,7 +27,6 @@ def run_name(cfg: TrainConfig, experiment: str = "raylam") -> str:
     return f"{experiment}-{cfg.stage}-{cfg.model.method}"
 
 
-LABELED_STAGES = ("idm", "bc", "action_decoder")  # stages that train on labeled episodes only
 
 
 def stage_datasets(cfg: TrainConfig, info: DatasetInfo, labels: str | None = None) -> dict:
