@@ -10,6 +10,7 @@ mid-epoch position).
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -44,6 +45,7 @@ def train_loop_per_worker(config: dict) -> None:
 
     entered = time.time()  # wall clock, comparable with the driver's: where a stage's fixed cost goes
     cfg: TrainConfig = from_dict(TrainConfig, config["train"])
+    _quiet_report_log(cfg.log_level)
     dims = config["dims"]
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
@@ -275,7 +277,9 @@ class Reporter:
         import ray.train
 
         if self.rank == 0 and self.cfg.progress and self.progress is not None:
-            print(self.progress.line(values, step), flush=True)
+            # straight to stdout: Ray Train's patched print() would log it and echo it, showing it twice
+            sys.stdout.write(self.progress.line(values, step) + "\n")
+            sys.stdout.flush()
         if self.writer is not None:
             for k, v in values.items():
                 self.writer.add_scalar(k, v, step)
@@ -297,6 +301,19 @@ class Reporter:
             self.writer.close()
         if self.wandb_run is not None:
             self.wandb_run.finish()
+
+
+def _quiet_report_log(level: str) -> None:
+    """Ray Train 2.60 logs ``Reporting training result N: TrainingReport(...)`` for every report of
+    every worker through a logger named by its file path, outside ``ray.train``, so RunConfig's
+    LoggingConfig does not reach it: give that logger the stage's ``log_level`` here."""
+    import logging
+
+    try:
+        from ray.train.v2._internal.execution import context
+    except ImportError:  # another Ray layout: nothing to quiet
+        return
+    logging.getLogger(context.__file__).setLevel(level)
 
 
 def _wait_for_file(path: str, rank: int) -> None:
