@@ -27,7 +27,7 @@ from raylam.eval.config import ProbeConfig
 from raylam.eval.probes import _features, probe_run, stream_probes
 from raylam.models import ModelConfig, build_model
 from raylam.train.artifacts import load_run
-from raylam.train.loop import save_checkpoint
+from raylam.train.checkpoint import save_checkpoint
 
 
 def untrained_lam(root: Path, data: str, manifest: dict) -> tuple[str, ModelConfig]:

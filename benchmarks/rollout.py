@@ -29,7 +29,7 @@ from raylam.envs import EnvConfig, load_expert  # noqa: E402
 from raylam.eval.config import RolloutConfig  # noqa: E402
 from raylam.eval.rollout import evaluate_online  # noqa: E402
 from raylam.models import ModelConfig, build_model  # noqa: E402
-from raylam.train.loop import save_checkpoint  # noqa: E402
+from raylam.train.checkpoint import save_checkpoint  # noqa: E402
 
 SETTING = "scale_easy_video_hard"
 

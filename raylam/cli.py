@@ -8,11 +8,11 @@ import os
 import sys
 
 from raylam.cluster import require_cluster_paths
-from raylam.config import ConfigError, to_dict
+from raylam.config import ConfigError, UserError, to_dict
 
 
-def _add_config_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", "-c", help="experiment YAML file (configs/*.yaml)")
+def _add_config_args(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    parser.add_argument("--config", "-c", required=required, help="experiment YAML file (configs/*.yaml)")
     parser.add_argument(
         "overrides", nargs="*", metavar="KEY=VALUE",
         help="dotted overrides, e.g. collect.episodes=4 collect.env.preset=hard",
@@ -37,6 +37,8 @@ def parse_seeds(text: str) -> list[int]:
 
 
 def _load(args):
+    """The experiment of ``--config`` plus overrides, checked against what the command will touch."""
+    from raylam.checks import check_experiment
     from raylam.experiment import load_experiment
 
     overrides = list(args.overrides)
@@ -46,6 +48,7 @@ def _load(args):
     if args.print_config:
         print(json.dumps(to_dict(cfg), indent=2))
         sys.exit(0)
+    check_experiment(cfg, args.command)
     return cfg
 
 
@@ -85,16 +88,17 @@ def cmd_train(args) -> int:
         return 2
     require_cluster_paths(cfg, collect=False, evaluate=False)
     indices = [cfg.stage_index(name) for name in args.stage] if args.stage else range(len(cfg.stages))
-    for seed in cfg.seed_list():
-        for i in indices:
-            stage = cfg.stage(i, seed)
-            what = f"labels from {stage.lam_run}" if stage.stage == "relabel" else stage.model.method
-            print(f"== stage {stage.run_name}: {stage.stage} ({what}, seed {seed}) -> "
-                  f"{stage.storage_path}/{stage.run_name}", flush=True)
-            result = train(stage, cfg.name, fresh=args.force)
-            metrics = result if isinstance(result, dict) else result.metrics
-            shown = {k: round(v, 4) for k, v in metrics.items() if k in ("loss", "step", "samples_per_s", "num_labels")}
-            print(f"== stage {stage.run_name} done: {shown}", flush=True)
+    plan = [(seed, i) for seed in cfg.seed_list() for i in indices]
+    for k, (seed, i) in enumerate(plan, 1):
+        stage = cfg.stage(i, seed)
+        what = f"labels from {stage.lam_run}" if stage.stage == "relabel" else stage.model.method
+        print(f"== stage {k}/{len(plan)} {stage.run_name}: {stage.stage} ({what}, seed {seed}) -> "
+              f"{stage.storage_path}/{stage.run_name}", flush=True)
+        result = train(stage, cfg.name, fresh=args.force, label=f"[{k}/{len(plan)}] {stage.run_name}")
+        metrics = result if isinstance(result, dict) else result.metrics
+        shown = {name: round(v, 4) for name, v in metrics.items()
+                 if name in ("loss", "step", "samples_per_s", "num_labels")}
+        print(f"== stage {k}/{len(plan)} {stage.run_name} done: {shown}", flush=True)
     return 0
 
 
@@ -125,9 +129,12 @@ def cmd_metrics(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
+    from raylam.checks import check_output_dir, check_reachable, check_runs_exist
     from raylam.eval.config import MethodRuns
     from raylam.eval.evaluate import evaluate_methods
 
+    if not args.config and not args.lam:
+        raise UserError("give --config FILE (its evaluate.methods), or --lam RUN")
     cfg = _load(args)
     evaluation = cfg.evaluate
     if args.lam:  # ad hoc: probe these LAM runs, named by their directory
@@ -141,6 +148,9 @@ def cmd_evaluate(args) -> int:
     require_cluster_paths(cfg, collect=False, train=bool(args.dataset))
     probes, rollouts = (args.probe or not args.rollout), (args.rollout or not args.probe)
     roots = cfg.run_root() if args.lam else cfg.seed_roots()  # --lam names its runs itself
+    check_runs_exist(evaluation.methods, {None: roots} if isinstance(roots, str) else roots)
+    check_output_dir(output, "--output")
+    check_reachable(output, "--output")
     evaluate_methods(evaluation, roots, output, dataset=args.dataset, probes=probes, rollouts=rollouts,
                      experiment=cfg.name)
     print(f"results: {output}/results.json\nreport: {output}/report.md ({output}/report.html)")
@@ -148,8 +158,10 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_report(args) -> int:
+    from raylam.checks import check_output_dir
     from raylam.eval.report import merge_results, write_report
 
+    check_output_dir(args.output, "--output")
     path = write_report(merge_results(args.runs), args.output)
     print(f"report: {path} ({len(args.runs)} evaluations merged)")
     return 0
@@ -167,6 +179,16 @@ def cmd_pipeline(args) -> int:
     print(f"pipeline done in {t['total'] / 60:.1f} min (collect {t['collect']:.0f} s, evaluate {t['evaluate']:.0f} s; "
           f"training seeds {', '.join(map(str, seeds)) or '—'})")
     print(f"report: {out['report']} ({out['output']}/report.html)")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from raylam.export import describe, export_run
+
+    path = export_run(args.run, args.output, decoder_dir=args.decoder)
+    with open(path) as f:
+        config = json.load(f)
+    print(f"exported {describe(config)} to {args.output} (load with raylam.load({args.output!r}))")
     return 0
 
 
@@ -210,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_tune_parser(sub)
 
     p = sub.add_parser("evaluate", help="probes of the LAMs and rollouts of the policies; results.json + report")
-    _add_config_args(p)
+    _add_config_args(p, required=False)
     p.add_argument("--probe", action="store_true", help="only the linear probes")
     p.add_argument("--rollout", action="store_true", help="only the rollouts")
     p.add_argument("--lam", action="append", metavar="RUN", help="probe this LAM/IDM run directory (repeatable)")
@@ -237,6 +259,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_seeds_arg(p, "the chain runs once per seed; one merged report, mean ± std over the seeds")
     p.set_defaults(func=cmd_pipeline)
 
+    p = sub.add_parser("export", help="a finished run as safetensors + config.json, loadable without Ray "
+                                      "(raylam.load)")
+    p.add_argument("run", help="run directory of a finished stage (a LAM, IDM, bc or latent_bc policy)")
+    p.add_argument("--output", "-o", required=True, help="directory for model.safetensors and config.json")
+    p.add_argument("--decoder", metavar="RUN", help="the action_decoder run of a latent_bc policy: exported with "
+                                                   "it, loads as one acting policy")
+    p.set_defaults(func=cmd_export)
+
     p = sub.add_parser("inspect", help="validate a dataset and print a summary; optional PNG of frames")
     p.add_argument("dataset", help="dataset directory or URI")
     p.add_argument("--grid", metavar="PNG", help="write a grid of recorded vs clean frames")
@@ -256,10 +286,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except ConfigError as err:
-        print(f"raylam {args.command}: config error: {err}", file=sys.stderr)
+    except UserError as err:  # a mistake in what was asked: one line; anything else is a bug and keeps its traceback
+        kind = "config error: " if isinstance(err, ConfigError) else ""
+        print(f"raylam {args.command}: {kind}{err}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, ValueError) as err:
+    except FileNotFoundError as err:  # a path the user named
         print(f"raylam {args.command}: {err}", file=sys.stderr)
         return 2
 

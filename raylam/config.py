@@ -8,6 +8,7 @@ message that names the key, the value and what was expected.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from pathlib import Path
@@ -18,8 +19,33 @@ import yaml
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class UserError(Exception):
+    """A mistake in what the user asked for (a file, a path, a value): the CLI prints it as one line.
+
+    Anything else that escapes a command is a bug in raylam and keeps its traceback."""
+
+
+class ConfigError(UserError, ValueError):
     """A configuration value is unknown, of the wrong type or out of range."""
+
+
+class YamlLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2 numbers: ``3e-4``, ``1e4`` and ``.5e-3`` are floats.
+
+    PyYAML follows YAML 1.1, whose floats need a dot (``3.0e-4``), so ``lr: 3e-4`` would be the
+    string "3e-4" and be refused as "expected a number"."""
+
+
+YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def parse_yaml(text: str) -> Any:
+    """``yaml.safe_load`` with YAML 1.2 numbers (:class:`YamlLoader`)."""
+    return yaml.load(text, Loader=YamlLoader)  # noqa: S506 - YamlLoader is a SafeLoader
 
 
 def spec(
@@ -117,6 +143,8 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
+        if isinstance(value, float) and value.is_integer():  # `steps: 1e4` means 10000
+            return int(value)
         raise fail
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -209,7 +237,7 @@ def apply_overrides(data: dict[str, Any], overrides: typing.Iterable[str]) -> di
         if not key or any(not part for part in key.split(".")):
             raise ConfigError(f"override {item!r}: empty key part in {key!r}")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
+            value = parse_yaml(raw) if raw.strip() else ""
         except yaml.YAMLError as err:
             raise ConfigError(f"override {key}: cannot parse value {raw!r} ({err})") from None
         node = data
@@ -230,20 +258,11 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = parse_yaml(path.read_text())
     except yaml.YAMLError as err:
         raise ConfigError(f"config file {path}: not valid YAML ({err})") from None
+    if data is None:  # an empty file would silently run every default
+        raise ConfigError(f"config file {path} is empty; expected sections such as collect:, train:, stages:")
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path}: expected a mapping at the top level, got {type(data).__name__}")
     return data
-
-
-def load_config(cls: type[T], path: str | Path | None = None, overrides: typing.Iterable[str] = ()) -> T:
-    """Load ``cls`` from an optional YAML file plus dotted ``KEY=VALUE`` overrides."""
-    data = load_yaml(path) if path is not None else {}
-    data = apply_overrides(data, overrides)
-    try:
-        return from_dict(cls, data)
-    except ConfigError as err:
-        where = f"{path}: " if path is not None else ""
-        raise ConfigError(f"{where}{err}") from None

@@ -8,7 +8,14 @@ A file in ``configs/`` holds the sections its commands need: ``collect`` for ``r
 seed in its own run root ``<storage_path>/<experiment name>/seed<k>/<run_name>``; an experiment
 with one seed keeps the layout without ``seed<k>``.
 Command-line overrides use the full dotted path (``collect.episodes=4``, ``train.steps=50``);
-``train.*`` overrides also win over what a stage sets.
+``train.*`` overrides also win over what a stage says, and ``stages.<run_name>.*`` changes one
+stage (``stages.laom_sup.model.sup_coef=0.01``), winning over both.
+
+A file may hold only its differences from another: ``base: laom_sup.yaml`` (relative to the
+file's folder) loads that file first and merges this one into it: mappings merge key by key,
+lists and values replace, ``section: null`` puts a whole section back to its defaults, and
+``stages`` given as a mapping ``{run_name: changes}`` edits the base's stages instead of
+replacing the list.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from raylam.config import ConfigError, apply_overrides, from_dict, load_yaml, sp
 from raylam.data.config import CollectConfig
 from raylam.data.ingest.config import IngestConfig
 from raylam.eval.config import EvalConfig
-from raylam.train.config import TrainConfig
+from raylam.train.config import UPSTREAM_FIELDS, TrainConfig
 from raylam.tune.config import TuneConfig
 
 
@@ -66,6 +73,27 @@ class ExperimentConfig:
                                   "experiment (`seeds`, or train.seed), not per stage")
         for i in range(len(self.stages)):
             self.stage(i)  # every stage builds and validates now, before any work starts
+        self._check_method_runs()
+
+    def _check_method_runs(self) -> None:
+        """A bare run name in ``evaluate.methods`` must be a stage of this chain that trains the right
+        thing, so a typo fails now rather than after the whole pipeline has trained."""
+        if not self.stages:
+            return  # an evaluation of runs made elsewhere: `raylam evaluate` checks they exist
+        kinds = {entry["run_name"]: self.stage(i).stage for i, entry in enumerate(self.stages)}
+        wanted = {"lam": ("lam", "idm"), "policy": ("latent_bc", "bc"), "decoder": ("action_decoder",)}
+        for i, method in enumerate(self.evaluate.methods):
+            for role, stages in wanted.items():
+                name = getattr(method, role)
+                if name is None or "/" in name:
+                    continue
+                where = f"evaluate.methods[{i}] ({method.name}).{role}"
+                if name not in kinds:
+                    raise ConfigError(f"{where}: {name!r} is not a stage of this experiment; "
+                                      f"stages: {', '.join(kinds)}")
+                if kinds[name] not in stages:
+                    raise ConfigError(f"{where}: stage {name!r} is a {kinds[name]} stage, expected one of "
+                                      f"{list(stages)}")
 
     def seed_list(self) -> list[int]:
         """The training seeds the chain runs with (``seeds``, else ``[train.seed]``)."""
@@ -93,7 +121,7 @@ class ExperimentConfig:
         merged = deep_merge(to_dict(self.train), entry)
         merged["seed"] = seed
         prefix = self.seed_root(seed)
-        for key in ("lam_run", "labels", "policy_run"):  # a bare name refers to a stage of this experiment
+        for key in UPSTREAM_FIELDS:  # a bare name refers to a stage of this experiment
             value = merged.get(key)
             if isinstance(value, str) and "/" not in value:
                 if value not in [s["run_name"] for s in self.stages[:index]]:
@@ -135,12 +163,69 @@ def train_overrides(overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
     return apply_overrides({}, picked)
 
 
+def edit_stages(stages: Any, edits: Any, where: str) -> list[dict[str, Any]]:
+    """``stages`` (a list of entries) with ``edits`` (``{run_name: changes}``) merged into the named ones."""
+    if not isinstance(edits, dict):
+        raise ConfigError(f"{where}: got {edits!r}, expected a mapping of run_name -> changes")
+    stages = copy.deepcopy(stages or [])
+    names = [entry.get("run_name") if isinstance(entry, dict) else None for entry in stages]
+    for name, changes in edits.items():
+        if name not in names:
+            raise ConfigError(f"{where}.{name}: no stage {name!r}; stages: {', '.join(map(str, names)) or 'none'}")
+        if not isinstance(changes, dict):
+            raise ConfigError(f"{where}.{name}: got {changes!r}, expected a mapping of stage settings")
+        if "run_name" in changes and changes["run_name"] != name:
+            raise ConfigError(f"{where}.{name}.run_name: a stage is renamed by listing the stages, not by an edit")
+        i = names.index(name)
+        stages[i] = deep_merge(stages[i], changes)
+    return stages
+
+
+def merge_file(base: dict[str, Any], changes: dict[str, Any], where: str) -> dict[str, Any]:
+    """A derived file's ``changes`` on top of its ``base`` (see the module docstring for the rules)."""
+    out = copy.deepcopy(base)
+    for key, value in changes.items():
+        if key == "stages" and isinstance(value, dict):
+            out["stages"] = edit_stages(out.get("stages"), value, f"{where}: stages")
+        elif value is None and isinstance(out.get(key), dict):
+            out.pop(key)  # a whole section back to its defaults
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def read_experiment_file(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The mapping of an experiment file, with its ``base`` file (and that one's) merged in."""
+    path = Path(path)
+    data = load_yaml(path)
+    base = data.pop("base", None)
+    if base is None:
+        if isinstance(data.get("stages"), dict):
+            raise ConfigError(f"{path}: stages: a mapping edits the stages of a base file, and this file names no "
+                              "`base`; list the stages instead")
+        return data
+    if not isinstance(base, str) or not base:
+        raise ConfigError(f"{path}: base: got {base!r}, expected the path of another experiment file")
+    base_path = (path.parent / base).resolve()
+    if base_path in _chain or base_path == path.resolve():
+        raise ConfigError(f"{path}: base: {base} leads back to itself")
+    if not base_path.is_file():
+        raise ConfigError(f"{path}: base: {base_path} does not exist (a base is relative to {path.parent})")
+    return merge_file(read_experiment_file(base_path, (*_chain, path.resolve())), data, str(path))
+
+
 def load_experiment(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
-    data = load_yaml(path) if path is not None else {}
+    data = read_experiment_file(path) if path is not None else {}
+    per_stage = [o[len("stages."):] for o in overrides if o.startswith("stages.")]
+    overrides = [o for o in overrides if not o.startswith("stages.")]
     data = apply_overrides(data, overrides)
     extra = train_overrides(overrides)
     if extra and data.get("stages"):  # command-line train.* beats what a stage says
         data["stages"] = [deep_merge(stage, extra) for stage in data["stages"]]
+    if per_stage:  # stages.<run_name>.key=value beats both
+        data["stages"] = edit_stages(data.get("stages"), apply_overrides({}, per_stage), "override stages")
     try:
         return from_dict(ExperimentConfig, data)
     except ConfigError as err:

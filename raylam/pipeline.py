@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import time
 
-from raylam.config import to_dict
+from raylam.config import ConfigError, to_dict
 from raylam.experiment import ExperimentConfig
+from raylam.train.config import UPSTREAM_FIELDS
 
 
 def stage_is_done(cfg) -> bool:
@@ -63,13 +64,13 @@ def select_methods(exp: ExperimentConfig, methods: list[str] | None) -> list[int
     known = [m.name for m in exp.evaluate.methods]
     unknown = [m for m in methods if m not in known]
     if unknown:
-        raise ValueError(f"--methods: {unknown} not in evaluate.methods of {exp.name!r} (has {known})")
+        raise ConfigError(f"--methods: {unknown} not in evaluate.methods of {exp.name!r} (has {known})")
     exp.evaluate.methods = [m for m in exp.evaluate.methods if m.name in methods]
     names = [s["run_name"] for s in exp.stages]
     wanted = {run for m in exp.evaluate.methods for run in (m.lam, m.policy, m.decoder) if run in names}
     for entry in reversed(exp.stages):  # stages only read earlier ones, so one backward pass closes the set
         if entry["run_name"] in wanted:
-            wanted |= {entry.get(key) for key in ("lam_run", "labels", "policy_run")} & set(names)
+            wanted |= {entry.get(key) for key in UPSTREAM_FIELDS} & set(names)
     return [i for i, name in enumerate(names) if name in wanted]
 
 
@@ -119,6 +120,7 @@ def run_stages(exp: ExperimentConfig, stages: list[int], force: bool, timings: d
         return name if len(seeds) == 1 else f"seed{seed}/{name}"
 
     def start(job, k: int):
+        """The stage's config, or None when it is already done (said so)."""
         seed, i = job
         stage = exp.stage(i, seed)
         if not force and stage_is_done(stage):
@@ -133,7 +135,7 @@ def run_stages(exp: ExperimentConfig, stages: list[int], force: bool, timings: d
             stage = start(job, k)
             if stage is not None:
                 t = time.perf_counter()
-                train(stage, exp.name, fresh=force)
+                train(stage, exp.name, fresh=force, label=f"[{k}/{total}] {label(*job)}")
                 timings[label(*job)] = time.perf_counter() - t
                 print(f"== stage {label(*job)} done ({timings[label(*job)]:.0f} s)", flush=True)
         return
@@ -153,7 +155,8 @@ def run_stages(exp: ExperimentConfig, stages: list[int], force: bool, timings: d
                 if stage is None:
                     done.add(job)
                     continue
-                running[remote_train.remote(stage, exp.name, force)] = (job, time.perf_counter())
+                running[remote_train.remote(stage, exp.name, force, f"[{started}/{total}] {label(*job)}")] = \
+                    (job, time.perf_counter())
         if not running:
             continue
         ready, _ = ray.wait(list(running), num_returns=1)
@@ -164,10 +167,10 @@ def run_stages(exp: ExperimentConfig, stages: list[int], force: bool, timings: d
         print(f"== stage {label(*job)} done ({timings[label(*job)]:.0f} s)", flush=True)
 
 
-def _train_stage(stage, experiment: str, fresh: bool) -> None:
+def _train_stage(stage, experiment: str, fresh: bool, label: str) -> None:
     from raylam.train.trainer import train
 
-    train(stage, experiment, fresh=fresh)
+    train(stage, experiment, fresh=fresh, label=label)
 
 
 def run_pipeline(exp: ExperimentConfig, force: bool = False, methods: list[str] | None = None) -> dict:
@@ -178,9 +181,9 @@ def run_pipeline(exp: ExperimentConfig, force: bool = False, methods: list[str] 
     from raylam.data.collect import collect
     from raylam.eval.evaluate import evaluate_methods
     if not exp.stages:
-        raise ValueError(f"pipeline: experiment {exp.name!r} defines no `stages` to train")
+        raise ConfigError(f"pipeline: experiment {exp.name!r} defines no `stages` to train")
     if not exp.evaluate.methods:
-        raise ValueError(f"pipeline: experiment {exp.name!r} has no `evaluate.methods`; nothing would be evaluated")
+        raise ConfigError(f"pipeline: experiment {exp.name!r} has no `evaluate.methods`; nothing would be evaluated")
     stages = select_methods(exp, methods)
     if not ray.is_initialized():
         ray.init()

@@ -98,3 +98,9 @@ def s3_server(tmp_path_factory):
 
 _S3_ENV = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION",
            "AWS_EC2_METADATA_DISABLED")
+def pytest_collection_modifyitems(config, items):
+    """A test that starts Ray (through the ``ray_local`` fixture, directly or via another fixture) is
+    slow by definition: ``pytest -m "not slow"`` is then the Ray-free fast tier."""
+    for item in items:
+        if "ray_local" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)

@@ -10,9 +10,12 @@ cluster never meets the test session's local Ray. Layout (``ray.cluster_utils.Cl
   different nodes (DDP across nodes); the rest of each node's CPUs is left to Ray Data. (One
   trial keeps the test short on a 2-core CI machine; test_tune runs several side by side.)
 
-When the first trial's run has a checkpoint, one of its nodes is removed (its Train worker dies
-with it) and a replacement w5 joins; Ray Train restarts the worker group on the surviving node + w5
-from the last checkpoint (TrainConfig.max_failures). A Train callback records the nodes of every worker group start.
+The trial's workers stop after reporting step 4 and its checkpoint (TrainConfig.wait_at_step, a test
+hook) until the chaos thread has removed one of their nodes (its Train worker dies with it) and a
+replacement w5 has joined: the loss lands mid-run by construction, not by timing. Ray Train then
+restarts the worker group on the surviving node + w5 from the step-4 checkpoint
+(TrainConfig.max_failures); the resumed run does not wait again. A Train callback records the nodes
+of every worker group start.
 Writes OUT_DIR/result.json and shuts its cluster down.
 """
 
@@ -85,27 +88,36 @@ def checkpoint_steps(run_dir: Path) -> list[int]:
     return steps
 
 
-def chaos(cluster, workers: list, out: Path, runs: Path, log: dict, names: dict) -> None:
-    """Once a trial has a checkpoint, remove the node of its second worker; add a replacement."""
-    deadline = time.time() + 240
+WAIT_STEP = 4
+
+
+def chaos(cluster, workers: list, out: Path, runs: Path, log: dict, names: dict, go: Path) -> None:
+    """When both workers of a trial wait after step WAIT_STEP and Tune has that report, remove the node
+    of its second worker and add a replacement; Train restarts the group from the step-4 checkpoint."""
+    deadline = time.time() + 300
     by_id = {node.node_id: node for node in workers}
     while time.time() < deadline:
         for groups in sorted(out.glob("groups-*.jsonl")):
             trial = groups.stem[len("groups-"):]
             lines = groups.read_text().splitlines()
-            steps = checkpoint_steps(runs / f"trial-{trial}")
-            # a checkpoint counts once Train has registered it: its report has reached Tune
-            reported = runs.parent / f"trial-{trial}" / "result.json"
-            if lines and steps and reported.exists() and reported.read_text().strip():
+            waiting = sorted(go.parent.glob(f"{go.name}.waiting-*"))
+            reported = runs.parent / f"trial-{trial}" / "result.json"  # Tune has the step's report
+            tune_steps = [json.loads(line).get("step") for line in reported.read_text().splitlines()
+                          if line.strip()] if reported.exists() else []
+            if lines and len(waiting) == 2 and WAIT_STEP in tune_steps:
                 victim = by_id[json.loads(lines[0])["worker_nodes"][1]]
-                log.update(trial=trial, steps_before=steps, time=time.time(), victim=names[victim.node_id])
+                log.update(trial=trial, steps_before=checkpoint_steps(runs / f"trial-{trial}"), time=time.time(),
+                           victim=names[victim.node_id])
                 cluster.remove_node(victim, allow_graceful=False)
                 replacement = cluster.add_node(num_cpus=2, resources={"w5": 1, "slot": 1})
                 names[replacement.node_id] = "w5"
                 log["replacement"] = replacement.node_id
+                # no `go`: the survivor keeps waiting until Train replaces the group, whose resumed run
+                # does not wait
                 return
         time.sleep(0.2)
-    log["error"] = "no trial with a checkpoint on the victim node within 240 s"
+    log["error"] = f"no trial waited at step {WAIT_STEP} within 300 s"
+    go.write_text("go")  # let the run end either way
 
 
 def main(out: Path) -> int:
@@ -128,6 +140,7 @@ def main(out: Path) -> int:
     workers = [cluster.add_node(num_cpus=2, resources={name: 1, "slot": 1}) for name in ("w1", "w2", "w3")]
     cluster.wait_for_nodes()
     result: dict = {"cluster_start_s": round(time.time() - start, 1)}
+    go = out / "go"
     try:
         ray.init(address=cluster.address, log_to_driver=False)
         names = node_names()
@@ -139,9 +152,8 @@ def main(out: Path) -> int:
                       "checkpoint_every": 2, "eval_every": 2, "eval_windows": 32, "keep_checkpoints": 100,
                       "num_workers": 2, "cpus_per_worker": 0.5, "resources_per_worker": {"slot": 1},
                       "max_failures": 3, "data": {"clips_per_task": 2, "read_cpus": 0.5},
-                      # windows come from a cache after one decode pass, so 6 tiny steps take well under a
-                      # second: give each step the time of a real one, so the node loss lands mid-run
-                      "step_delay_s": 2.0},
+                      # the workers wait after step 4 until the chaos thread has removed a node
+                      "wait_at_step": WAIT_STEP, "wait_for_file": str(go)},
             "stages": [{"run_name": "laom_sup", "stage": "lam", "model": {"method": "laom_sup"}}],
         })
         cfg = from_dict(TuneConfig, {
@@ -151,7 +163,7 @@ def main(out: Path) -> int:
         })
         runs = out / "runs" / "multinode" / "tune-laom_sup" / "runs"
         chaos_log: dict = {}
-        thread = threading.Thread(target=chaos, args=(cluster, workers, out, runs, chaos_log, names),
+        thread = threading.Thread(target=chaos, args=(cluster, workers, out, runs, chaos_log, names, go),
                                   daemon=True)
         thread.start()
         summary = run_tune(exp, cfg, train_callbacks=(RecorderFactory(str(out)),))

@@ -83,6 +83,11 @@ def test_read_back_with_webdataset(tiny_dataset):
     # expert acting: the two episodes differ (seeded per episode) and earn reward
     a, b = (by_episode[k][0] for k in sorted(by_episode))
     assert not np.array_equal(a.frames, b.frames)
+    for episode_clips in by_episode.values():  # each step once, though clips overlap
+        rewards = {c.meta["start"] + t: r for c in episode_clips for t, r in enumerate(c.rewards)}
+        # the cheetah expert from rest earns 1.6-1.8 in its first 23 steps (seeds 0-5), a uniform
+        # random policy 0.01-0.29
+        assert sum(rewards.values()) > 1.0, sorted(rewards.items())
     # actions are stored as the expert produced them (LAOM's released data): the PPO expert's raw
     # mean, mostly outside [-1, 1]; the env clipped them when stepping
     from raylam.envs import load_expert
@@ -131,13 +136,16 @@ def test_heldout_shards_are_separate(ray_local, tmp_path):
     assert "ep000002" not in manifest["labeled_episodes"]
 
 
+@pytest.mark.slow
 def test_killed_collection_resumes_without_duplicates(tmp_path):
     """SIGKILL the whole `raylam collect` process group once a shard is whole, then rerun."""
     out = tmp_path / "killed"
     overrides = [f"collect.output={out}", "collect.episodes=4", "collect.episodes_per_shard=1",
                  "collect.num_workers=1", "collect.num_labeled=2", "collect.progress=false",
                  "collect.env.image_size=32", "collect.env.episode_length=40", "collect.clip_length=16"]
-    cmd = [sys.executable, "-m", "raylam.cli", "collect", *overrides]
+    config = tmp_path / "collect.yaml"
+    config.write_text("collect: {}  # the defaults, changed by the overrides below\n")
+    cmd = [sys.executable, "-m", "raylam.cli", "collect", "--config", str(config), *overrides]
     env = {**os.environ, "RAY_ADDRESS": "local"}
     proc = subprocess.Popen(cmd, start_new_session=True, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -173,3 +173,94 @@ def test_chain_errors_name_the_stage(tmp_path):
     bad.write_text("stages:\n  - {run_name: a, stage: idm}\n")
     with pytest.raises(ConfigError, match=r"stages\[0\] \(a\): model.method: got 'laom_sup', stage 'idm' expects"):
         load_experiment(bad)
+
+
+def test_numbers_as_users_write_them(tmp_path):
+    """YAML 1.2 floats (3e-4, 1e4) in a file, in dotted overrides and in a sweep's search space."""
+    from raylam.tune import load_sweep
+
+    path = tmp_path / "exp.yaml"
+    path.write_text("train:\n  model:\n    lr: 3e-4\n  steps: 1e3\n"
+                    "tune:\n  space:\n    model.sup_coef: {loguniform: [1e-4, 1.0]}\n")
+    experiment, sweep = load_sweep(path)
+    assert experiment.train.model.lr == pytest.approx(3e-4)
+    assert experiment.train.steps == 1000 and isinstance(experiment.train.steps, int)
+    assert sweep.space == {"model.sup_coef": {"loguniform": [1e-4, 1.0]}}
+    cfg = load_experiment(path, ["train.model.lr=5e-5", "collect.env.ground_alpha=.5e-1", "train.steps=2E2"])
+    assert cfg.train.model.lr == pytest.approx(5e-5) and cfg.train.steps == 200
+    assert cfg.collect.env.ground_alpha == pytest.approx(0.05)
+    _, sweep = load_sweep(path, ['tune.space={"model.sup_coef": {loguniform: [1e-3, 1e-1]}}'])
+    assert sweep.space["model.sup_coef"]["loguniform"] == [1e-3, 1e-1]
+    with pytest.raises(ConfigError, match=r"train.steps: got 2.5 \(float\), expected an integer"):
+        load_experiment(path, ["train.steps=2.5"])
+    # a quoted value stays a string, and a string is still refused where a number belongs
+    with pytest.raises(ConfigError, match="train.model.lr: got '3e-4' \\(str\\), expected a number"):
+        load_experiment(path, ["train.model.lr='3e-4'"])
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_loads(path):
+    """Every file in configs/ resolves, with each stage of each seed built and validated."""
+    from raylam.tune import load_sweep
+
+    experiment, _ = load_sweep(path)
+    for seed in experiment.seed_list():
+        for i in range(len(experiment.stages)):
+            assert experiment.stage(i, seed).run_name == experiment.stages[i]["run_name"]
+
+
+def test_a_config_holds_its_differences_from_a_base(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "base.yaml").write_text(
+        "name: base\ncollect: {episodes: 4, num_labeled: 2}\n"
+        "train: {steps: 10, report_every: 5, checkpoint_every: 5, model: {lr: 1e-3, latent_dim: 32}}\n"
+        "stages:\n  - {run_name: lam, stage: lam, model: {method: laom_sup}}\n"
+        "  - {run_name: bc, stage: bc, model: {method: bc}}\n"
+        "evaluate: {methods: [{name: bc, policy: bc}], probe: {batch_size: 64}}\n")
+    derived = tmp_path / "sub" / "derived.yaml"
+    derived.write_text("base: ../base.yaml\nname: derived\ntrain: {model: {latent_dim: 16}}\n"
+                       "stages:\n  lam: {steps: 20, model: {sup_coef: 0.5}}\nevaluate: null\n")
+    cfg = load_experiment(derived)
+    assert cfg.name == "derived" and cfg.collect.episodes == 4
+    assert cfg.train.model.lr == pytest.approx(1e-3) and cfg.train.model.latent_dim == 16  # mappings merge
+    lam, bc = cfg.stage(0), cfg.stage(1)
+    assert (lam.steps, lam.model.sup_coef, lam.model.method) == (20, 0.5, "laom_sup")  # one stage edited
+    assert (bc.steps, bc.model.method) == (10, "bc")
+    assert cfg.evaluate.methods == [] and cfg.evaluate.probe.batch_size == 256  # `null`: the defaults again
+    # a list replaces the base's stages
+    derived.write_text("base: ../base.yaml\nstages: [{run_name: only, stage: bc, model: {method: bc}}]\n"
+                       "evaluate: {methods: [{name: bc, policy: only}]}\n")
+    cfg = load_experiment(derived)
+    assert [s["run_name"] for s in cfg.stages] == ["only"] and cfg.evaluate.probe.batch_size == 64
+    # a chain of bases
+    (tmp_path / "third.yaml").write_text("base: sub/derived.yaml\nname: third\n")
+    assert load_experiment(tmp_path / "third.yaml").stages[0]["run_name"] == "only"
+
+
+@pytest.mark.parametrize("text, message", [
+    ("base: nope.yaml\n", "base: .*nope.yaml does not exist"),
+    ("base: loop.yaml\n", "leads back to itself"),
+    ("base: [a]\n", "base: got \\['a'\\], expected the path"),
+    ("base: other.yaml\nstages: {lamm: {steps: 3}}\n", "stages.lamm: no stage 'lamm'; stages: lam"),
+    ("stages: {lam: {steps: 3}}\n", "this file names no `base`"),
+])
+def test_base_file_errors(tmp_path, text, message):
+    (tmp_path / "other.yaml").write_text("stages: [{run_name: lam, stage: lam}]\n")
+    path = tmp_path / "loop.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_experiment(path)
+
+
+def test_one_stage_overridden_from_the_command_line():
+    cfg = load_experiment(QUICKSTART, ["stages.laom_sup.model.sup_coef=0.5", "train.steps=7",
+                                       "stages.laom.steps=9"])
+    names = [s["run_name"] for s in cfg.stages]
+    by_name = {name: cfg.stage(i) for i, name in enumerate(names)}
+    assert by_name["laom_sup"].model.sup_coef == 0.5 and by_name["laom_sup"].steps == 7
+    assert by_name["laom"].steps == 9  # stages.<name>.* beats train.*
+    assert by_name["lapo"].steps == 7 and by_name["laom_sup_bc"].model.sup_coef == 0.01
+    with pytest.raises(ConfigError, match="override stages.laomx: no stage 'laomx'"):
+        load_experiment(QUICKSTART, ["stages.laomx.steps=3"])
+    with pytest.raises(ConfigError, match=r"stages\[0\] \(laom_sup\): model.sup_coef: got -1"):
+        load_experiment(QUICKSTART, ["stages.laom_sup.model.sup_coef=-1"])

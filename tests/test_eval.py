@@ -31,7 +31,7 @@ def test_probe_is_honest(ray_local, probe_data):
     assert truth["fit_windows"] == 4 * 59 and truth["test_windows"] == 2 * 59
     for kind in ("action", "state"):
         assert truth[kind]["r2"] > 0.999 and truth[kind]["mse"] < 1e-3, (kind, truth[kind])
-        assert len(truth[kind]["r2_per_dim"]) == (4 if kind == "action" else 4)
+        assert len(truth[kind]["r2_per_dim"]) == probe_data.manifest[f"{kind}_dim"]
     gen = torch.Generator().manual_seed(0)
     noise = stream_probes(probe_data, 3, cfg, lambda b: (torch.randn(len(b), 4, generator=gen),
                                                          torch.randn(len(b), 4, generator=gen)))
@@ -194,7 +194,7 @@ def test_probe_as_ray_work_equals_the_in_driver_probe(ray_local, tmp_path):
     from raylam.eval.probes import _features, probe_run
     from raylam.models import ModelConfig, build_model
     from raylam.train.artifacts import load_run
-    from raylam.train.loop import save_checkpoint
+    from raylam.train.checkpoint import save_checkpoint
 
     manifest = write_synthetic_dataset(str(tmp_path / "data"), episodes=3, episode_length=40, image_size=32,
                                        clip_length=20, overlap=12, num_labeled=1, heldout_episodes=1)

@@ -53,11 +53,6 @@ def test_unknown_task_is_refused():
         load_expert("ant-run")
 
 
-def test_expert_returns_are_the_release_figures():
-    assert EXPERT_RETURNS == {"cheetah-run": 837.7, "walker-run": 739.8, "hopper-hop": 306.6,
-                              "humanoid-walk": 617.2}
-
-
 def _mean_rewards(task: str, policy, steps: int, seed: int) -> np.ndarray:
     env = _suite_env(task, seed)
     ts = env.reset()
@@ -80,3 +75,6 @@ def test_cheetah_expert_runs_at_expert_level_and_random_does_not():
     random = _mean_rewards("cheetah-run", lambda s: rng.uniform(-1, 1, 6), 300, seed=0)
     assert random.mean() < 0.05
     assert rewards[100:].mean() > 10 * random.mean()
+    # the normalisation denominator (the release's 1000-step return) matches this expert once running:
+    # a 1000-step episode at its running reward would score 0.85-1.0 of it
+    assert 0.85 < rewards[100:].mean() * 1000 / EXPERT_RETURNS["cheetah-run"] < 1.0

@@ -103,3 +103,47 @@ def test_decoder_learns_on_the_frozen_policy_outputs():
     for name, value in policy.state_dict().items():  # the policy stays frozen
         assert torch.equal(value, before[name]), name
     assert all(not p.requires_grad for p in policy.parameters())
+
+
+def test_progress_line_per_report():
+    """fit's reports become one line each: label, step/total, loss, samples/s, ETA, then the total time."""
+    from raylam.train.progress import Progress, format_duration
+
+    cfg = config(steps=4)
+    ticks = iter(range(0, 1000, 10))  # a clock that advances 10 s per reading: no real time involved
+    progress = Progress("[2/16] laom_sup", cfg.steps, clock=lambda: next(ticks))
+    lines = []
+    model, optimizer, scheduler = setup_model(cfg, DIMS, torch.device("cpu"))
+    fit(model, model, optimizer, scheduler, Data(cfg, store()), cfg, torch.device("cpu"), 1, 0,
+        lambda values, step: lines.append(progress.line(values, step)))
+    assert len(lines) == 4
+    assert lines[0].startswith("[2/16] laom_sup | step 1/4 ( 25%) | loss ")
+    assert "samples/s | ETA 30s" in lines[0]  # 10 s for 1 step, 3 to go
+    assert lines[2].endswith("ETA 10s") and lines[3].endswith("done in 40s")
+    resumed = Progress("x", 100, start_step=50, clock=iter([0, 30]).__next__)
+    assert resumed.line({"heldout/probe/action/mse": 0.25, "heldout/probe/action/r2": 0.1}, 60) == (
+        "x | step  60/100 ( 60%) | probe/action/mse 0.25 | ETA 2m00s")
+    assert format_duration(3725) == "1h02m" and format_duration(59.6) == "1m00s"
+
+
+def test_weight_decay_shrinks_matrices_only():
+    """model.weight_decay: one AdamW step moves every matrix by exactly lr * wd * w more than plain Adam
+    (weight_decay 0), and leaves biases and norms alone; probes never decay."""
+    after, lr = {}, None
+    for decay in (0.0, 0.5):
+        cfg = config("laom_sup", steps=1, weight_decay=decay)
+        model, optimizer, scheduler = setup_model(cfg, DIMS, torch.device("cpu"))
+        start = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}  # no EMA target
+        lr = optimizer.param_groups[0]["lr"]
+        if decay:
+            kinds = {(g["weight_decay"], p.ndim >= 2) for g in optimizer.param_groups for p in g["params"]}
+            assert kinds == {(0.5, True), (0.0, False), (0.0, True)}  # (0, matrix): the probes
+        torch.manual_seed(5)
+        fit(model, model, optimizer, scheduler, Data(cfg, store()), cfg, torch.device("cpu"), 1, 0,
+            lambda values, step: None)
+        after[decay] = {n: p.detach().clone() for n, p in model.named_parameters()}
+    for name, w in start.items():
+        expected = after[0.0][name]
+        if w.ndim >= 2 and not name.startswith("probes."):
+            expected = expected - lr * 0.5 * w
+        torch.testing.assert_close(after[0.5][name], expected, msg=name)

@@ -20,6 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -155,6 +156,7 @@ def _collect_entrypoint(output: Path) -> str:
     return shlex.join(args)
 
 
+@pytest.mark.slow
 def test_ray_job_submit_runs_raylam_collect(tmp_path):
     from ray.job_submission import JobStatus
 

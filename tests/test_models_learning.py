@@ -117,6 +117,7 @@ def _threads():
     torch.set_num_threads(previous)
 
 
+@pytest.mark.slow  # minutes of CPU training: the full tier
 def test_supervision_makes_the_latent_linear_in_the_action():
     plain = train_and_probe("laom", seed=0)
     supervised = train_and_probe("laom_sup", seed=0)

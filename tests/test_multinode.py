@@ -11,10 +11,13 @@ import sys
 import tempfile
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parent / "multinode_sweep.py"
 ROOT = SCRIPT.parents[1]
 
 
+@pytest.mark.slow
 def test_sweep_spreads_over_nodes_and_survives_losing_one(tmp_path):
     out = tmp_path / "multinode"
     # its own Ray temp dir: the Cluster's address file must not lead other ray.init() calls to it
@@ -48,6 +51,6 @@ def test_sweep_spreads_over_nodes_and_survives_losing_one(tmp_path):
     # after losing a node the worker group came back on live nodes (the survivor and w3 or the
     # replacement w5), from the last checkpoint (asserted above)
     assert chaos["victim"] not in restarts[-1]["workers"], hit["groups"]
-    assert chaos["steps_before"] and max(chaos["steps_before"]) < 10
+    assert chaos["steps_before"] == [2, 4], chaos  # the node went while the workers waited after step 4
     # the worker group never used the head node, and its restart used a node it did not have before
     assert set(restarts[-1]["workers"]) - set(first["workers"]), hit["groups"]

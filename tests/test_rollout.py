@@ -16,12 +16,15 @@ from raylam.eval.config import RolloutConfig
 from raylam.eval.rollout import (
     FAULT_VARIABLE,
     check_image_size,
+    episode_seed,
     evaluate_online,
     expert_return,
+    play_episode,
+    setting_env,
     strip_indices,
 )
 from raylam.models import ModelConfig, build_model
-from raylam.train.loop import save_checkpoint
+from raylam.train.checkpoint import save_checkpoint
 
 TASK, ACTION_DIM, STATE_DIM = "cheetah-run", 6, 17
 LENGTH = 60
@@ -161,11 +164,20 @@ def test_an_interrupted_evaluation_resumes_without_redoing_episodes(expert_actor
 
 
 def test_policy_checkpoints_act(runs, ray_local):
-    # a bc policy acting from its actors is exercised by test_pipeline on a trained run
-    decoded = evaluate_online({"kind": "policy", "policy": runs["latent_bc"], "decoder": runs["decoder"]},
-                              ENV, rollout_config(placement="batched"))
-    for report in decoded:
-        assert np.all(np.isfinite(report["returns"])) and report["frames"].shape == (4, 32, 32, 3)
+    """The decoded policy (latent BC + decoder checkpoints), acting for the batched driver, plays the very
+    episodes that the same checkpoints play when loaded and stepped in this process, without Ray."""
+    spec = {"kind": "policy", "policy": runs["latent_bc"], "decoder": runs["decoder"]}
+    cfg = rollout_config(placement="batched")
+    (report,) = evaluate_online(spec, ENV, cfg)
+    assert report["frames"].shape == (4, 32, 32, 3)
+    env = setting_env(ENV, DISTRACTING, "eval", LENGTH)
+    episodes = [play_episode(spec, TASK, "osmesa", env, i, episode_seed(cfg.seed, i), strip_indices(LENGTH, 4))
+                for i in range(cfg.episodes)]  # in this process, no Ray
+    np.testing.assert_allclose(report["returns"], [e["return"] for e in episodes], rtol=1e-4)
+    np.testing.assert_array_equal(report["frames"], episodes[0]["frames"])
+    # and it is not the random policy on those episodes
+    random = evaluate_online({"kind": "random"}, ENV, cfg)[0]
+    assert report["returns"] != random["returns"]
 
 
 def test_policy_agent_checks_dimensions(runs):

@@ -14,7 +14,7 @@ from raylam.data.synthetic import write_synthetic_dataset
 from raylam.experiment import ExperimentConfig, load_experiment
 from raylam.models.config import ModelConfig
 from raylam.tune import TuneConfig, load_sweep, run_tune
-from raylam.tune.sweep import plan_sweep
+from raylam.tune.sweep import plan_sweep, trial_train_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -81,6 +81,8 @@ def test_config_errors_name_the_key(synthetic, tmp_path):
         (tune_config(base_stage="labels"), "relabel stage"),
         (tune_config(scheduler={"max_t": 60}), "max_t"),
         (tune_config(metric="heldout/sup/action/mse", fixed={"model.method": "laom"}), "laom_sup"),
+        (tune_config(metric="heldout/probe/action/mae"), "never reports; it reports .*heldout/probe/action/mse"),
+        (tune_config(metric="laom/sup_los"), "never reports; it reports .*laom/sup_loss"),
     ]
     for cfg, match in plan_cases:
         with pytest.raises(ConfigError, match=match):
@@ -149,9 +151,9 @@ def sweep(ray_local, synthetic, tmp_path_factory):
     run costs ~30 s of start-up on the CI machine: the >= 4-trial quickstart sweep is run by hand.)"""
     storage = tmp_path_factory.mktemp("sweeps")
     exp = experiment(synthetic, storage)
-    # step_delay_s: cached windows make these tiny steps take milliseconds; a step of real length lets
-    # ASHA's stop reach the run before it has finished all its steps
-    cfg = tune_config(fixed={"fail_at_step": 3, "max_failures": 0, "step_delay_s": 2.0}, num_samples=1)
+    # the trials' own budget ends at max_t (4 of the stage's 6 steps): whether ASHA's stop at the grace
+    # rung reaches a trial before its step 4 or not, nothing runs past max_t
+    cfg = tune_config(fixed={"fail_at_step": 3, "max_failures": 0}, num_samples=1)
     first = run_tune(exp, cfg)
     with pytest.raises(ConfigError, match="pass --resume"):
         run_tune(exp, cfg)
@@ -179,11 +181,24 @@ def test_interrupted_sweep_resumes_from_train_checkpoints(sweep):
             assert row["status"] == "stopped" and row["step"] == 2 and steps == [2]
 
 
-def test_asha_stops_every_trial_by_max_t(sweep):
-    # the Train runs are set for 6 steps; only the scheduler (time_attr step, max_t 4) ends them at <= 4
+def test_every_trial_ends_by_max_t(sweep):
+    # the stage is set for 6 steps; a trial's budget is ASHA's max_t (4), so no trial reports or
+    # checkpoints past it, whenever the scheduler's decisions arrive
     _, cfg, _, second = sweep
     assert cfg.scheduler.enabled and set(second.table["step"]) <= {2, 4}
     assert (second.table[cfg.metric] > 0).all()
+    for run in (Path(second.sweep_dir) / "runs").iterdir():
+        steps = [json.loads(p.read_text())["step"] for p in run.glob("checkpoint_*/meta.json")]
+        assert steps and max(steps) <= 4, (run.name, steps)
+
+
+def test_a_trial_budget_ends_at_max_t(synthetic, tmp_path):
+    plan = plan_sweep(experiment(synthetic, tmp_path), tune_config())
+    assert plan.steps == 6 and plan.max_t == 4
+    trial = trial_train_config(plan.base, {"model.latent_dim": 8}, plan.sweep_dir, "t1", plan.max_t)
+    assert trial.steps == 4 and trial.model.latent_dim == 8 and trial.run_name == "trial-t1"
+    searched = trial_train_config(plan.base, {"steps": 2}, plan.sweep_dir, "t2", plan.max_t)
+    assert searched.steps == 2  # a searched budget below max_t stays
 
 
 def test_exports_and_best_yaml(sweep, tmp_path):

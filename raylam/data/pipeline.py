@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from raylam.config import ConfigError
 from raylam.data.manifest import MANIFEST, load_manifest
 from raylam.data.shards import decode_sample
 from raylam.data.storage import resolve
@@ -43,7 +44,7 @@ class DatasetInfo:
 
     def shard_urls(self, split: str = "train", labeled_only: bool = False, num_labeled: int | None = None) -> list[str]:
         if split not in self.manifest["splits"]:
-            raise ValueError(f"dataset {self.uri}: no split {split!r} (has {sorted(self.manifest['splits'])})")
+            raise ConfigError(f"dataset {self.uri}: no split {split!r} (has {sorted(self.manifest['splits'])})")
         names = set(self.manifest["splits"][split])
         labeled = set(self.labeled_episodes(num_labeled))
         shards = [s for s in self.manifest["shards"] if s["name"] in names]
@@ -59,7 +60,7 @@ class DatasetInfo:
         if num_labeled is None:
             return list(order)
         if num_labeled > len(order):
-            raise ValueError(
+            raise ConfigError(
                 f"num_labeled: got {num_labeled}, but dataset {self.uri} was collected with "
                 f"{len(order)} labeled episodes ({self.location.url(MANIFEST)})"
             )

@@ -216,11 +216,6 @@ def assign_splits(names: list[str]) -> dict[str, str]:
     return split
 
 
-def assign_split(name: str, all_names: list[str]) -> str:
-    """The split of one user video among ``all_names`` (see :func:`assign_splits`)."""
-    return assign_splits(list(all_names))[name]
-
-
 def _stem(name: str) -> str:
     return name.rsplit(".", 1)[0] if "." in name else name
 
@@ -412,13 +407,6 @@ def _load_user_video(path: str, size: int) -> np.ndarray:
         return packed
 
     return _USER_CACHE.get((str(path), size), make)
-
-
-def clear_caches() -> None:
-    """Drop every decoded background held by this process."""
-    _USER_CACHE.clear()
-    with _SOURCE_LOCK:
-        _load_builtin_source_cached.cache_clear()
 
 
 # --------------------------------------------------------------------------------------------

@@ -137,10 +137,3 @@ def make_agent(spec: dict, task: str, action_dim: int, device: str = "cpu") -> A
     if spec["kind"] == "random":
         return RandomAgent(action_dim)
     return PolicyAgent(spec["policy"], spec["decoder"], action_dim, device)
-
-
-def method_spec(policy: str | None, decoder: str | None = None) -> dict | None:
-    """The spec of an evaluated method's runs (``MethodRuns.policy/decoder``); None when it has no policy."""
-    if policy is None:
-        return None
-    return check_spec({"kind": "policy", "policy": policy, "decoder": decoder})

@@ -26,9 +26,9 @@ import torch
 from raylam.data.pipeline import DatasetInfo, WindowSpec, configure_data_context, window_dataset
 from raylam.eval.config import ProbeConfig
 from raylam.models import Batch, Moments, RidgeFit
+from raylam.models.batch import rows_to_batch
 from raylam.models.probes import finite_rows
 from raylam.train.artifacts import load_run
-from raylam.train.loop import rows_to_batch
 
 
 def _windows(info: DatasetInfo, frame_stack: int, split: str, limit: int | None, cfg: ProbeConfig, device):
@@ -162,7 +162,7 @@ def _run_meta(run_dir: str) -> tuple[dict, dict]:
     """(checkpoint meta, artifact) of a LAM run, read from storage without loading the model."""
     from raylam.data.storage import resolve
     from raylam.train.artifacts import read_artifact
-    from raylam.train.loop import CHECKPOINT_META
+    from raylam.train.checkpoint import CHECKPOINT_META
 
     artifact = read_artifact(run_dir, expect_stages=("lam", "idm"))
     if "checkpoint" not in artifact:

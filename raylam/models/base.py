@@ -17,7 +17,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from raylam.models.augment import augment
-from raylam.models.batch import Batch
+from raylam.models.batch import Batch, to_float_image
 from raylam.models.config import ModelConfig
 from raylam.models.probes import Probes
 
@@ -42,6 +42,17 @@ class Method(nn.Module):
     def predictions(self, batch: Batch) -> dict[str, tuple[Tensor, Tensor]]:
         """{name: (prediction, target)} for held-out evaluation (see :func:`probes.evaluate`)."""
         return {}
+
+    def with_probes(self, loss: Tensor, metrics: dict[str, Tensor], batch: Batch, latent: Tensor | None = None,
+                    features: Tensor | None = None) -> Tensor:
+        """``loss`` plus the linear probes' loss on detached inputs (their metrics go to ``metrics``);
+        ``loss`` unchanged for a model without probes."""
+        probes = getattr(self, "probes", None)
+        if probes is None:
+            return loss
+        probe_loss, probe_metrics = probes(batch, latent=latent, features=features)
+        metrics.update(probe_metrics)
+        return loss + probe_loss
 
     def augment(self, x: Tensor) -> Tensor:
         """The paper's augmentations on float images, in training mode when ``augment`` is on."""
@@ -90,3 +101,34 @@ def ema_update(target: nn.Module, online: nn.Module, tau: float) -> None:
             tb.lerp_(ob, tau)
         else:
             tb.copy_(ob)
+
+
+class PairEncoder(Method):
+    """A method that reads (o_t, o_t+1) through one shared ``encoder`` and a ``pair_head`` on the two
+    flattened feature vectors: LAOM's IDM (-> z) and the IDM baseline (-> the true action)."""
+
+    encoder: nn.Module
+
+    def pair_head(self, h_t: Tensor, h_next: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def _infer_maps(self, obs: Tensor, next_obs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(head output, flattened features of o_t, feature maps of o_t) for uint8 observations."""
+        maps = self.encoder(to_float_image(torch.cat([obs, next_obs])))
+        h_t, h_next = self.encoder.flatten(maps).chunk(2)
+        return self.pair_head(h_t, h_next), h_t, maps[: len(obs)]
+
+    def _infer(self, obs: Tensor, next_obs: Tensor) -> tuple[Tensor, Tensor]:
+        out, h_t, _ = self._infer_maps(obs, next_obs)
+        return out, h_t
+
+    @torch.no_grad()
+    def probe_inputs(self, obs: Tensor, next_obs: Tensor) -> tuple[Tensor, Tensor]:
+        out, _, maps = self._infer_maps(obs, next_obs)
+        return out, maps
+
+    @torch.no_grad()
+    def latent_action(self, obs: Tensor, next_obs: Tensor) -> Tensor:
+        """The head's output for (o_t, o_t+1), no augmentation: uint8 observations -> [B, D] (LAOM: z;
+        the IDM: the predicted true action, its relabeling)."""
+        return self._infer(obs, next_obs)[0]

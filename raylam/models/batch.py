@@ -131,3 +131,23 @@ def to_uint8_frames(x: Tensor, frame_stack: int) -> Tensor:
     b, sc, h, w = x.shape
     frames = ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     return frames.permute(0, 2, 3, 1).reshape(b, h, w, frame_stack, sc // frame_stack).permute(0, 3, 1, 2, 4)
+
+
+def rows_to_batch(rows: dict[str, torch.Tensor], device: torch.device, latents: torch.Tensor | None = None) -> Batch:
+    """Window rows (as iter_torch_batches yields them) -> a model Batch on ``device``.
+
+    The next observation's stack is built here from the current stack and the next frame, so the
+    pipeline ships 7 frames per window instead of 9.
+    """
+    obs = rows["obs"].to(device, non_blocking=True)
+    next_obs = torch.cat([obs[:, 1:], rows["next_frame"].to(device, non_blocking=True)[:, None]], dim=1)
+    return Batch(
+        obs=obs,
+        next_obs=next_obs,
+        future_obs=rows["future_obs"].to(device, non_blocking=True),
+        offset=rows["offset"].to(device, non_blocking=True),
+        actions=rows["actions"].to(device, non_blocking=True),
+        states=rows["states"].to(device, non_blocking=True),
+        labeled=rows["labeled"].to(device, non_blocking=True),
+        latents=None if "latents" not in rows else rows["latents"].to(device, non_blocking=True),
+    )

@@ -116,3 +116,11 @@ class ImpalaDecoder(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.out(F.gelu(self.stages(x))).tanh()
+
+
+def make_encoder(c, in_channels: int | None = None, scale: int | None = None) -> ImpalaEncoder:
+    """The IMPALA encoder a ModelConfig ``c`` describes (``in_channels``/``scale``: other than its own)."""
+    return ImpalaEncoder(
+        in_channels or c.in_channels, c.image_size, c.encoder_channels, scale or c.encoder_scale,
+        c.encoder_blocks, c.encoder_downsample, c.encoder_norm_out,
+    )

@@ -11,15 +11,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from raylam.models.base import Method, masked_mse
+from raylam.models.base import PairEncoder, masked_mse
 from raylam.models.batch import Batch, to_float_image
 from raylam.models.config import ModelConfig
+from raylam.models.encoder import make_encoder
 from raylam.models.heads import IDMHead
-from raylam.models.laom import make_encoder
 from raylam.models.probes import Probes
 
 
-class IDM(Method):
+class IDM(PairEncoder):
     def __init__(self, config: ModelConfig, action_dim: int, state_dim: int):
         super().__init__(config, action_dim, state_dim)
         c = config
@@ -41,31 +41,12 @@ class IDM(Method):
             weight = torch.cat([weight, torch.ones(len(labeled_batch), device=weight.device)])
         loss = masked_mse(pred, target, weight)
         metrics = {"idm/action_mse": loss.detach()}
-        if self.probes is not None:
-            probe_loss, probe_metrics = self.probes(batch, features=h_t[:n])
-            loss = loss + probe_loss
-            metrics.update(probe_metrics)
+        loss = self.with_probes(loss, metrics, batch, features=h_t[:n])
         metrics["loss"] = loss.detach()
         return loss, metrics
 
-    def _infer(self, obs: Tensor, next_obs: Tensor) -> tuple[Tensor, Tensor]:
-        z, h_t, _ = self._infer_maps(obs, next_obs)
-        return z, h_t
-
-    def _infer_maps(self, obs: Tensor, next_obs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        maps = self.encoder(to_float_image(torch.cat([obs, next_obs])))
-        h_t, h_next = self.encoder.flatten(maps).chunk(2)
-        return self.head(h_t, h_next), h_t, maps[: len(obs)]
-
-    @torch.no_grad()
-    def probe_inputs(self, obs: Tensor, next_obs: Tensor) -> tuple[Tensor, Tensor]:
-        z, _, maps = self._infer_maps(obs, next_obs)
-        return z, maps
-
-    @torch.no_grad()
-    def latent_action(self, obs: Tensor, next_obs: Tensor) -> Tensor:
-        """Predicted true action a_t for (o_t, o_t+1): the IDM's relabeling [B, action_dim]."""
-        return self._infer(obs, next_obs)[0]
+    def pair_head(self, h_t: Tensor, h_next: Tensor) -> Tensor:
+        return self.head(h_t, h_next)  # the predicted true action a_t: the IDM's relabeling
 
     def predictions(self, batch: Batch) -> dict[str, tuple[Tensor, Tensor]]:
         pred, h_t = self._infer(batch.obs, batch.require("next_obs", self.config.method))

@@ -22,22 +22,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from raylam.models.base import Method, ema_update, masked_mse
+from raylam.models.base import PairEncoder, ema_update, masked_mse
 from raylam.models.batch import Batch, to_float_image
 from raylam.models.config import ModelConfig
-from raylam.models.encoder import ImpalaEncoder
+from raylam.models.encoder import make_encoder
 from raylam.models.heads import FDMHead, IDMHead
 from raylam.models.probes import Probes
 
 
-def make_encoder(c: ModelConfig, in_channels: int | None = None, scale: int | None = None) -> ImpalaEncoder:
-    return ImpalaEncoder(
-        in_channels or c.in_channels, c.image_size, c.encoder_channels, scale or c.encoder_scale,
-        c.encoder_blocks, c.encoder_downsample, c.encoder_norm_out,
-    )
-
-
-class LAOM(Method):
+class LAOM(PairEncoder):
     def __init__(self, config: ModelConfig, action_dim: int, state_dim: int):
         super().__init__(config, action_dim, state_dim)
         c = config
@@ -82,10 +75,7 @@ class LAOM(Method):
             loss = loss + c.sup_coef * sup
             metrics["laom/sup_loss"] = sup.detach()
 
-        if self.probes is not None:
-            probe_loss, probe_metrics = self.probes(batch, latent=z[:n], features=h_t[:n])
-            loss = loss + probe_loss
-            metrics.update(probe_metrics)
+        loss = self.with_probes(loss, metrics, batch, latent=z[:n], features=h_t[:n])
         metrics["loss"] = loss.detach()
         return loss, metrics
 
@@ -94,24 +84,8 @@ class LAOM(Method):
             ema_update(self.target_encoder, self.encoder, self.config.ema_tau)
         self.steps += 1
 
-    def _infer(self, obs: Tensor, next_obs: Tensor) -> tuple[Tensor, Tensor]:
-        z, h_t, _ = self._infer_maps(obs, next_obs)
-        return z, h_t
-
-    def _infer_maps(self, obs: Tensor, next_obs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        maps = self.encoder(to_float_image(torch.cat([obs, next_obs])))
-        h_t, h_next = self.encoder.flatten(maps).chunk(2)
-        return self.idm(h_t, h_next), h_t, maps[: len(obs)]
-
-    @torch.no_grad()
-    def probe_inputs(self, obs: Tensor, next_obs: Tensor) -> tuple[Tensor, Tensor]:
-        z, _, maps = self._infer_maps(obs, next_obs)
-        return z, maps
-
-    @torch.no_grad()
-    def latent_action(self, obs: Tensor, next_obs: Tensor) -> Tensor:
-        """z for the transition (o_t, o_t+1): uint8 observations -> [B, latent_dim] (no augmentation)."""
-        return self._infer(obs, next_obs)[0]
+    def pair_head(self, h_t: Tensor, h_next: Tensor) -> Tensor:
+        return self.idm(h_t, h_next)  # z
 
     def predictions(self, batch: Batch) -> dict[str, tuple[Tensor, Tensor]]:
         """Probe/head predictions on (o_t, o_t+k) -- the views they trained on -- or (o_t, o_t+1)."""

@@ -24,8 +24,7 @@ from torch import Tensor
 from raylam.models.base import Method
 from raylam.models.batch import Batch, to_float_image
 from raylam.models.config import ModelConfig
-from raylam.models.encoder import ImpalaDecoder, init_weights
-from raylam.models.laom import make_encoder
+from raylam.models.encoder import ImpalaDecoder, init_weights, make_encoder
 from raylam.models.probes import Probes
 from raylam.models.quantize import build_quantizer
 
@@ -68,10 +67,7 @@ class LAPO(Method):
         recon = F.mse_loss(pred.float(), to_float_image(batch.require("next_obs", m)))
         loss = recon + q_loss
         metrics = {**metrics, "lapo/recon_loss": recon.detach()}
-        if self.probes is not None:
-            probe_loss, probe_metrics = self.probes(batch, latent=z, features=features)
-            loss = loss + probe_loss
-            metrics.update(probe_metrics)
+        loss = self.with_probes(loss, metrics, batch, latent=z, features=features)
         metrics["loss"] = loss.detach()
         return loss, metrics
 

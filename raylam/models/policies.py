@@ -27,9 +27,8 @@ from torch import Tensor
 from raylam.models.base import Method, masked_mse
 from raylam.models.batch import Batch, to_float_image
 from raylam.models.config import ModelConfig
-from raylam.models.encoder import init_weights
+from raylam.models.encoder import init_weights, make_encoder
 from raylam.models.heads import mlp
-from raylam.models.laom import make_encoder
 from raylam.models.probes import Probes
 
 Labeler = Callable[[Tensor, Tensor], Tensor]  # (obs, next_obs) uint8 -> targets [B, D]
@@ -85,10 +84,7 @@ class Policy(Method):
         loss = masked_mse(pred, torch.cat(targets), torch.cat(weights))
         name = "latent_bc/latent_mse" if self.latent else "bc/action_mse"
         metrics = {name: loss.detach()}
-        if self.probes is not None:
-            probe_loss, probe_metrics = self.probes(batch, latent=pred[: len(batch)])
-            loss = loss + probe_loss
-            metrics.update(probe_metrics)
+        loss = self.with_probes(loss, metrics, batch, latent=pred[: len(batch)])
         metrics["loss"] = loss.detach()
         return loss, metrics
 

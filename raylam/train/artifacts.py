@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from raylam.config import ConfigError
 from raylam.data.storage import resolve
 
 ARTIFACT = "artifact.json"
@@ -22,7 +23,7 @@ def read_artifact(run_dir: str, expect_stages: tuple[str, ...] | None = None) ->
         if key not in artifact:
             raise ValueError(f"{location.url(ARTIFACT)}: malformed artifact, no {key!r} field")
     if expect_stages is not None and artifact["stage"] not in expect_stages:
-        raise ValueError(
+        raise ConfigError(
             f"{run_dir} holds a {artifact['stage']!r} run, expected one of {list(expect_stages)}"
         )
     return artifact
@@ -32,7 +33,7 @@ def load_run(run_dir: str, device: str | torch.device = "cpu", expect_stages: tu
     """(model in eval mode, checkpoint meta, artifact) of a finished training run."""
     import ray.train
 
-    from raylam.train.loop import load_model_from_directory
+    from raylam.train.checkpoint import load_model_from_directory
 
     artifact = read_artifact(run_dir, expect_stages)
     if "checkpoint" not in artifact:

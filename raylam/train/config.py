@@ -7,17 +7,34 @@ from dataclasses import dataclass
 from raylam.config import ConfigError, spec
 from raylam.models.config import LAMS, ModelConfig
 
-STAGES = ("lam", "idm", "relabel", "latent_bc", "action_decoder", "bc")
 
-# Which model methods each stage may train; relabel trains nothing.
-STAGE_METHODS = {
-    "lam": LAMS,
-    "idm": ("idm",),
-    "latent_bc": ("latent_bc",),
-    "action_decoder": ("action_decoder",),
-    "bc": ("bc",),
-    "relabel": (),
+@dataclass(frozen=True)
+class StageKind:
+    """One kind of stage: what it trains, which episodes it reads, which earlier run it needs."""
+
+    methods: tuple[str, ...]  # model methods it may train; () for relabel, which trains nothing
+    labeled_only: bool  # reads only the labeled episodes (the rest have no actions to learn from)
+    needs: tuple[str, ...] = ()  # run fields naming the upstream run it reads (one of them must be set)
+    needs_what: str = ""  # what that upstream run is, for the error message
+
+
+STAGE_KINDS: dict[str, StageKind] = {
+    "lam": StageKind(LAMS, labeled_only=False),
+    "idm": StageKind(("idm",), labeled_only=True),
+    "relabel": StageKind((), labeled_only=False, needs=("lam_run",),
+                         needs_what="the run directory of a trained LAM or IDM"),
+    "latent_bc": StageKind(("latent_bc",), labeled_only=False, needs=("labels",),
+                           needs_what="the output directory of a relabel stage"),
+    "action_decoder": StageKind(("action_decoder",), labeled_only=True, needs=("policy_run", "labels"),
+                                needs_what="the latent-BC run it decodes (or labels: a relabel stage, to decode "
+                                           "the LAM's z instead)"),
+    "bc": StageKind(("bc",), labeled_only=True),
 }
+STAGES = tuple(STAGE_KINDS)
+STAGE_METHODS = {name: kind.methods for name, kind in STAGE_KINDS.items()}
+LABELED_STAGES = tuple(name for name, kind in STAGE_KINDS.items() if kind.labeled_only)
+# the run fields by which a stage names an earlier one
+UPSTREAM_FIELDS = tuple(dict.fromkeys(field for kind in STAGE_KINDS.values() for field in kind.needs))
 
 
 @dataclass
@@ -101,12 +118,21 @@ class TrainConfig:
     keep_checkpoints: int = spec(2, ge=1, help="checkpoints kept (newest by step)")
     max_failures: int = spec(2, ge=0, help="worker failures survived by restoring the last checkpoint")
     wandb: WandbConfig = spec(WandbConfig())
+    progress: bool = spec(True, help="one line per report from rank 0: step/total, loss, samples/s, ETA")
+    log_level: str = spec("WARNING", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+                          help="Ray Train's own console logs (INFO: a line per worker per report, worker-group "
+                               "start-up); its log files keep everything")
     fail_at_step: int | None = spec(None, ge=1, help="test hook: raise once at this step (never on a resumed run)")
     step_delay_s: float = spec(0.0, ge=0.0, help="test hook: sleep after every step (a slow GPU step on tiny data, so "
                                                  "a failure can land mid-run)")
+    wait_at_step: int | None = spec(None, ge=1, help="test hook: after reporting this step (and its checkpoint), every "
+                                                    "worker writes <wait_for_file>.waiting-<rank> and waits until "
+                                                    "wait_for_file exists (never on a resumed run): chaos tests act "
+                                                    "on an event, not on timing")
+    wait_for_file: str | None = spec(None, help="test hook: the file wait_at_step waits for")
 
     def validate(self) -> None:
-        allowed = STAGE_METHODS[self.stage]
+        allowed = STAGE_KINDS[self.stage].methods
         if allowed and self.model.method not in allowed:
             raise ConfigError(
                 f"model.method: got {self.model.method!r}, stage {self.stage!r} expects one of {list(allowed)}"
@@ -120,13 +146,11 @@ class TrainConfig:
             raise ConfigError(
                 f"eval_every: got {self.eval_every}, expected a multiple of report_every ({self.report_every})"
             )
-        if self.stage == "relabel" and not self.lam_run:
-            raise ConfigError("lam_run: stage relabel needs the run directory of a trained LAM or IDM")
-        if self.stage == "latent_bc" and not self.labels:
-            raise ConfigError("labels: stage latent_bc needs the output directory of a relabel stage")
-        if self.stage == "action_decoder" and not (self.policy_run or self.labels):
-            raise ConfigError("policy_run: stage action_decoder needs the latent-BC run it decodes "
-                              "(or labels: a relabel stage, to decode the LAM's z instead)")
+        if (self.wait_at_step is None) != (self.wait_for_file is None):
+            raise ConfigError("wait_at_step and wait_for_file: set both or neither (a test hook)")
+        kind = STAGE_KINDS[self.stage]
+        if kind.needs and not any(getattr(self, field) for field in kind.needs):
+            raise ConfigError(f"{kind.needs[0]}: stage {self.stage} needs {kind.needs_what}")
         for name in ("batch_size", "labeled_batch_size"):
             if getattr(self, name) % self.num_workers:
                 raise ConfigError(f"{name}: got {getattr(self, name)}, expected a multiple of num_workers "

@@ -9,41 +9,21 @@ mid-epoch position).
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
+import sys
 import tempfile
 import time
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from raylam.config import from_dict, to_dict
-from raylam.models import Batch, build_model, evaluate
-from raylam.models.config import ModelConfig
+from raylam.models import build_model, evaluate
+from raylam.train.checkpoint import CHECKPOINT_FILE, save_checkpoint
 from raylam.train.metrics import MetricsLog
-
-CHECKPOINT_FILE = "model.pt"
-CHECKPOINT_META = "meta.json"
-
-
-def rows_to_batch(rows: dict[str, torch.Tensor], device: torch.device, latents: torch.Tensor | None = None) -> Batch:
-    """Window rows (as iter_torch_batches yields them) -> a model Batch on ``device``.
-
-    The next observation's stack is built here from the current stack and the next frame, so the
-    pipeline ships 7 frames per window instead of 9.
-    """
-    obs = rows["obs"].to(device, non_blocking=True)
-    next_obs = torch.cat([obs[:, 1:], rows["next_frame"].to(device, non_blocking=True)[:, None]], dim=1)
-    return Batch(
-        obs=obs,
-        next_obs=next_obs,
-        future_obs=rows["future_obs"].to(device, non_blocking=True),
-        offset=rows["offset"].to(device, non_blocking=True),
-        actions=rows["actions"].to(device, non_blocking=True),
-        states=rows["states"].to(device, non_blocking=True),
-        labeled=rows["labeled"].to(device, non_blocking=True),
-        latents=None if "latents" not in rows else rows["latents"].to(device, non_blocking=True),
-    )
+from raylam.train.progress import Progress
 
 
 def warmup_linear(step: int, total: int, warmup_fraction: float) -> float:
@@ -54,36 +34,11 @@ def warmup_linear(step: int, total: int, warmup_fraction: float) -> float:
     return max(0.0, (total - step) / max(1, total - warmup))
 
 
-def save_checkpoint(directory: str, model: torch.nn.Module, optimizer, scheduler, step: int, meta: dict,
-                    data_state: dict | None = None) -> None:
-    torch.save(
-        {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-         "scheduler": scheduler.state_dict(), "step": step, "data": data_state or {}},
-        os.path.join(directory, CHECKPOINT_FILE),
-    )
-    with open(os.path.join(directory, CHECKPOINT_META), "w") as f:
-        json.dump({**meta, "step": step}, f, indent=2)
-
-
-def load_model_from_directory(directory: str, device: str | torch.device = "cpu"):
-    """(model in eval mode, meta) from a checkpoint directory written by this loop."""
-    meta_path = os.path.join(directory, CHECKPOINT_META)
-    if not os.path.exists(meta_path):
-        raise FileNotFoundError(f"{directory}: no {CHECKPOINT_META}; not a raylam checkpoint")
-    with open(meta_path) as f:
-        meta = json.load(f)
-    cfg = from_dict(ModelConfig, meta["model"])
-    model = build_model(cfg, meta["action_dim"], meta["state_dim"])
-    state = torch.load(os.path.join(directory, CHECKPOINT_FILE), map_location=device, weights_only=True)
-    model.load_state_dict(state["model"])
-    return model.to(device).eval(), meta
-
-
 def train_loop_per_worker(config: dict) -> None:
     """Ray Train's entry point: set up model, optimizer and data on this worker, then :func:`fit`.
 
     Ray's touch points are all here: the worker context, ``prepare_model`` (DDP), the dataset
-    shards, ``get_checkpoint`` (restore) and, in :func:`_report`, ``report`` with checkpoints.
+    shards, ``get_checkpoint`` (restore) and, in :class:`Reporter`, ``report`` with checkpoints.
     """
     import ray.train
     import ray.train.torch
@@ -92,6 +47,7 @@ def train_loop_per_worker(config: dict) -> None:
 
     entered = time.time()  # wall clock, comparable with the driver's: where a stage's fixed cost goes
     cfg: TrainConfig = from_dict(TrainConfig, config["train"])
+    _quiet_report_log(cfg.log_level)
     dims = config["dims"]
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
@@ -125,20 +81,21 @@ def train_loop_per_worker(config: dict) -> None:
             "num_labeled": cfg.num_labeled, "seed": cfg.seed, **dims}
     history = MetricsLog(config["attempt_dir"]) if rank == 0 and config.get("attempt_dir") else None
     wandb_dir = history.wandb_dir() if history is not None and cfg.wandb.enabled else None
-    wandb_run = _wandb(cfg, config, wandb_dir) if rank == 0 else None
+    reporter = Reporter(cfg, unwrapped, optimizer, scheduler, meta, rank, history=history,
+                        wandb_run=_wandb(cfg, config, wandb_dir) if rank == 0 else None,
+                        progress=Progress(config.get("label") or config.get("run_name") or cfg.stage, cfg.steps, step))
 
     def report(values: dict, step: int) -> None:
         values.update(timing)
         if data.heldout is not None and (step % cfg.eval_every == 0 or step == cfg.steps):
             values.update(_heldout_metrics(unwrapped, data, cfg))
-        _report(cfg, values, step, unwrapped, optimizer, scheduler, meta, rank, history, wandb_run, data.state())
+        reporter(values, step, data.state())
+        if step == cfg.wait_at_step and not resumed:
+            _wait_for_file(cfg.wait_for_file, rank)
 
     step = fit(model, unwrapped, optimizer, scheduler, data, cfg, device, world, step, report,
                fail_at_step=None if resumed else cfg.fail_at_step)
-    if history is not None:
-        history.close(step)
-    if wandb_run is not None:
-        wandb_run.finish()
+    reporter.close(step)
 
 
 def setup_model(cfg, dims: dict, device, policy=None):
@@ -160,14 +117,25 @@ def hash_seed(*parts: int) -> int:
 
 
 def make_optimizer(model, cfg, device):
-    """Adam over the model's parameter groups: the model's learning rate warms up and decays; probes
-    (the paper's diagnostic, their own optimiser in the released code) keep a constant rate."""
+    """AdamW over the model's parameter groups: the model's learning rate warms up and decays and its
+    matrices take ``model.weight_decay`` (biases and norms none); probes (the paper's diagnostic, their
+    own optimiser in the released code) keep a constant rate, no decay and no gradient clipping.
+    With weight_decay 0 this is exactly Adam."""
     groups = model.param_groups() if hasattr(model, "param_groups") else [{"params": model.trainable_parameters()}]
-    groups = [g for g in groups if g["params"]]
-    optimizer = torch.optim.Adam([{"params": g["params"]} for g in groups], lr=cfg.model.lr,
-                                 fused=device.type == "cuda")
-    schedule = [(lambda s: 1.0) if g.get("constant_lr") else
-                (lambda s: warmup_linear(s, cfg.steps, cfg.model.warmup_fraction)) for g in groups]
+    decay = cfg.model.weight_decay
+    param_groups, schedule = [], []
+    for group in groups:
+        constant = bool(group.get("constant_lr"))
+        params = group["params"]
+        parts = [(params, 0.0)] if constant or not decay else [
+            ([p for p in params if p.ndim >= 2], decay), ([p for p in params if p.ndim < 2], 0.0)]
+        for part, weight_decay in parts:
+            if not part:
+                continue
+            param_groups.append({"params": part, "weight_decay": weight_decay, "clip": not constant})
+            schedule.append((lambda s: 1.0) if constant else
+                            (lambda s: warmup_linear(s, cfg.steps, cfg.model.warmup_fraction)))
+    optimizer = torch.optim.AdamW(param_groups, lr=cfg.model.lr, fused=device.type == "cuda")
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
 
 
@@ -263,7 +231,8 @@ def fit(model, unwrapped, optimizer, scheduler, data, cfg, device, world: int, s
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.model.grad_clip is not None:  # the model's parameters, not the probes' (as released)
-            torch.nn.utils.clip_grad_norm_(optimizer.param_groups[0]["params"], cfg.model.grad_clip)
+            clipped = [p for g in optimizer.param_groups if g.get("clip", True) for p in g["params"]]
+            torch.nn.utils.clip_grad_norm_(clipped, cfg.model.grad_clip)
         optimizer.step()
         scheduler.step()
         unwrapped.after_step()
@@ -291,28 +260,75 @@ def _heldout_metrics(model, data, cfg) -> dict[str, float]:
     return {f"heldout/{name}": value for name, value in evaluate(model, batches).items()}
 
 
-def _report(cfg, values, step, model, optimizer, scheduler, meta, rank, history, wandb_run, data_state) -> None:
-    import ray.train
+@dataclass
+class Reporter:
+    """Where this worker's reports go: rank 0's progress line, its per-step history beside the run
+    (metrics table + TensorBoard, :mod:`raylam.train.metrics`) and wandb, and ``ray.train.report``
+    (every worker, as often: it is a barrier), with rank 0's checkpoint every ``checkpoint_every``
+    steps and at the end."""
 
-    if history is not None:
-        history.log(values, step)
-    if wandb_run is not None:
-        wandb_run.log(values, step=step)
-    if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-        if history is not None:  # the history up to the checkpoint, persisted with it
-            history.flush(step)
+    cfg: Any
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    meta: dict
+    rank: int
+    history: MetricsLog | None = None
+    wandb_run: Any = None
+    progress: Progress | None = None
+
+    def __call__(self, values: dict, step: int, data_state: dict | None) -> None:
+        import ray.train
         from ray.train import CheckpointUploadMode
 
-        checkpoint, directory, mode = None, None, _upload_mode(cfg, history)
-        if rank == 0:
+        if self.rank == 0 and self.cfg.progress and self.progress is not None:
+            # straight to stdout: Ray Train's patched print() would log it and echo it, showing it twice
+            sys.stdout.write(self.progress.line(values, step) + "\n")
+            sys.stdout.flush()
+        if self.history is not None:
+            self.history.log(values, step)
+        if self.wandb_run is not None:
+            self.wandb_run.log(values, step=step)
+        if step % self.cfg.checkpoint_every and step != self.cfg.steps:
+            ray.train.report(values)
+            return
+        if self.history is not None:  # the history up to the checkpoint, persisted with it
+            self.history.flush(step)
+        checkpoint, directory, mode = None, None, _upload_mode(self.cfg, self.history)
+        if self.rank == 0:
             directory = tempfile.mkdtemp(prefix="raylam-checkpoint-")  # ASYNC: Ray removes it once uploaded
-            save_checkpoint(directory, model, optimizer, scheduler, step, meta, data_state)
+            save_checkpoint(directory, self.model, self.optimizer, self.scheduler, step, self.meta, data_state)
             checkpoint = ray.train.Checkpoint.from_directory(directory)
         ray.train.report(values, checkpoint=checkpoint, checkpoint_upload_mode=mode)
         if directory is not None and mode == CheckpointUploadMode.SYNC:
             shutil.rmtree(directory, ignore_errors=True)
-    else:
-        ray.train.report(values)
+
+    def close(self, step: int) -> None:
+        if self.history is not None:
+            self.history.close(step)
+        if self.wandb_run is not None:
+            self.wandb_run.finish()
+
+
+def _quiet_report_log(level: str) -> None:
+    """Ray Train 2.60 logs ``Reporting training result N: TrainingReport(...)`` for every report of
+    every worker through a logger named by its file path, outside ``ray.train``, so RunConfig's
+    LoggingConfig does not reach it: give that logger the stage's ``log_level`` here."""
+    import logging
+
+    try:
+        from ray.train.v2._internal.execution import context
+    except ImportError:  # another Ray layout: nothing to quiet
+        return
+    logging.getLogger(context.__file__).setLevel(level)
+
+
+def _wait_for_file(path: str, rank: int) -> None:
+    """Test hook (``wait_at_step``): say this worker is waiting, then block until ``path`` exists."""
+    with open(f"{path}.waiting-{rank}", "w") as f:
+        f.write(str(os.getpid()))
+    while not os.path.exists(path):
+        time.sleep(0.05)
 
 
 def _upload_mode(cfg, history):

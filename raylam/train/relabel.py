@@ -17,9 +17,9 @@ import pyarrow as pa
 from raylam.config import to_dict
 from raylam.data.pipeline import DatasetInfo, WindowSpec, configure_data_context, window_dataset
 from raylam.data.storage import resolve
+from raylam.models.batch import rows_to_batch
 from raylam.train.artifacts import ARTIFACT, load_run
 from raylam.train.config import TrainConfig
-from raylam.train.loop import rows_to_batch
 
 LABELS = "labels"
 

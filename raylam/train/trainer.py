@@ -12,12 +12,12 @@ import time
 import uuid
 from dataclasses import replace
 
-from raylam.config import to_dict
+from raylam.config import ConfigError, to_dict
 from raylam.data.clips import clip_dataset, decoded_bytes
 from raylam.data.pipeline import DatasetInfo, WindowSpec, configure_data_context
 from raylam.data.storage import resolve
 from raylam.train.artifacts import ARTIFACT, read_artifact
-from raylam.train.config import TrainConfig
+from raylam.train.config import LABELED_STAGES, TrainConfig
 from raylam.train.identity import stage_identity
 from raylam.train.loop import train_loop_per_worker
 
@@ -28,7 +28,6 @@ def run_name(cfg: TrainConfig, experiment: str = "raylam") -> str:
     return f"{experiment}-{cfg.stage}-{cfg.model.method}"
 
 
-LABELED_STAGES = ("idm", "bc", "action_decoder")  # stages that train on labeled episodes only
 
 
 def stage_datasets(cfg: TrainConfig, info: DatasetInfo, labels: str | None = None) -> dict:
@@ -52,7 +51,7 @@ def stage_datasets(cfg: TrainConfig, info: DatasetInfo, labels: str | None = Non
         datasets["labeled"] = clips("train", True, False)
     if cfg.eval_every:
         if not info.manifest["splits"].get("heldout"):
-            raise ValueError(f"eval_every is {cfg.eval_every}, but dataset {cfg.dataset} has no heldout split "
+            raise ConfigError(f"eval_every is {cfg.eval_every}, but dataset {cfg.dataset} has no heldout split "
                              "(collect with collect.heldout_episodes > 0, or set eval_every: 0)")
         datasets["heldout"] = clips("heldout", False, False)
     return datasets
@@ -91,15 +90,15 @@ def check_dataset(cfg: TrainConfig, info: DatasetInfo) -> dict:
     """Fail before any worker starts when the dataset and the model disagree."""
     shape = info.manifest["frame_shape"]
     if shape[0] != cfg.model.image_size or shape[1] != cfg.model.image_size:
-        raise ValueError(
+        raise ConfigError(
             f"dataset {cfg.dataset} has {shape[0]}x{shape[1]} frames, model.image_size is {cfg.model.image_size}"
         )
     if shape[2] != cfg.model.frame_channels:
-        raise ValueError(f"dataset {cfg.dataset} has {shape[2]} channels, model.frame_channels is {cfg.model.frame_channels}")
+        raise ConfigError(f"dataset {cfg.dataset} has {shape[2]} channels, model.frame_channels is {cfg.model.frame_channels}")
     info.labeled_episodes(cfg.num_labeled)  # raises if the budget exceeds the dataset's labels
     if cfg.stage in LABELED_STAGES or cfg.model.method == "laom_sup":
         if not info.labeled_episodes(cfg.num_labeled):
-            raise ValueError(f"stage {cfg.stage} ({cfg.model.method}) needs labeled episodes; num_labeled is 0")
+            raise ConfigError(f"stage {cfg.stage} ({cfg.model.method}) needs labeled episodes; num_labeled is 0")
     return {"action_dim": info.manifest["action_dim"], "state_dim": info.manifest["state_dim"]}
 
 
@@ -141,16 +140,17 @@ def data_config(cfg: TrainConfig):
     return DataConfig(datasets_to_split=["train"], execution_options=options)
 
 
-def train(cfg: TrainConfig, experiment: str = "raylam", callbacks: list | None = None, fresh: bool = False):
+def train(cfg: TrainConfig, experiment: str = "raylam", callbacks: list | None = None, fresh: bool = False,
+          label: str | None = None):
     """Run one stage on the current Ray cluster: a TorchTrainer run (returns its ``ray.train.Result``),
     or, for ``relabel``, batch inference (returns the relabel artifact).
 
     The Ray Train run lives in ``<run dir>/train-<identity>``: a rerun of the same stage (same
     config, same inputs) resumes from its last checkpoint, a changed one starts fresh, and
     ``fresh=True`` (``--force``) never restores. ``callbacks`` go to the run's RunConfig (Tune
-    passes its report callback here)."""
+    passes its report callback here); ``label`` starts each progress line (default: the run name)."""
     import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     if cfg.stage == "relabel":
@@ -182,7 +182,7 @@ def train(cfg: TrainConfig, experiment: str = "raylam", callbacks: list | None =
     configure_data_context(cfg.data.progress_bars)
     datasets = stage_datasets(cfg, info, labels)
     loop_config = {
-        "train": to_dict(cfg), "dims": dims, "datasets": sorted(datasets), "run_name": name,
+        "train": to_dict(cfg), "dims": dims, "datasets": sorted(datasets), "run_name": name, "label": label or name,
         "data_mode": data_mode(cfg, info), "labeled_only": cfg.stage in LABELED_STAGES,
         # absolute: Ray Train runs the loop in a directory of its own, where a relative path means nothing
         "policy_run": resolve(cfg.policy_run).url("").rstrip("/") if cfg.stage == "action_decoder" and cfg.policy_run
@@ -202,6 +202,7 @@ def train(cfg: TrainConfig, experiment: str = "raylam", callbacks: list | None =
             name=attempt,
             storage_path=run_dir.root if local else run_dir.uri.rstrip("/"),
             failure_config=FailureConfig(max_failures=cfg.max_failures),
+            logging_config=LoggingConfig(log_level=cfg.log_level),
             callbacks=callbacks,
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints, checkpoint_score_attribute="step",
                                                checkpoint_score_order="max"),

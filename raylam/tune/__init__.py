@@ -6,12 +6,10 @@ the command line: ``raylam tune --config configs/tune_quickstart.yaml [KEY=VALUE
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import sys
 from pathlib import Path
 
-from raylam.config import ConfigError, apply_overrides, from_dict, load_yaml, to_dict
+from raylam.config import to_dict
 from raylam.tune.config import AshaConfig, TrialResources, TuneConfig, TuneWandbConfig
 from raylam.tune.sweep import TuneSummary, run_tune
 
@@ -20,41 +18,17 @@ __all__ = ["AshaConfig", "TrialResources", "TuneConfig", "TuneSummary", "TuneWan
 
 
 def load_sweep(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()):
-    """(ExperimentConfig, TuneConfig) from an experiment YAML with a ``tune`` section plus overrides.
+    """(ExperimentConfig, TuneConfig) from an experiment YAML with a ``tune`` section plus overrides."""
+    from raylam.experiment import load_experiment
 
-    Works whether or not ExperimentConfig has a ``tune`` field (without one, the section is read here)."""
-    from raylam.experiment import ExperimentConfig, load_experiment
-
-    if "tune" in {f.name for f in dataclasses.fields(ExperimentConfig)}:
-        experiment = load_experiment(path, overrides)
-        return experiment, experiment.tune
-    data = load_yaml(path) if path is not None else {}
-    tune_overrides = [o for o in overrides if o.startswith("tune.")]
-    section = apply_overrides({"tune": data.get("tune") or {}}, tune_overrides)["tune"]
-    try:
-        cfg = from_dict(TuneConfig, section, prefix="tune")
-    except ConfigError as err:
-        where = f"{path}: " if path is not None else ""
-        raise ConfigError(f"{where}{err}") from None
-    # the same steps as load_experiment, on the file without its tune section
-    from raylam.experiment import deep_merge, train_overrides
-
-    rest = [o for o in overrides if not o.startswith("tune.")]
-    data = apply_overrides({k: v for k, v in data.items() if k != "tune"}, rest)
-    extra = train_overrides(rest)
-    if extra and data.get("stages"):
-        data["stages"] = [deep_merge(stage, extra) for stage in data["stages"]]
-    try:
-        experiment = from_dict(ExperimentConfig, data)
-    except ConfigError as err:
-        where = f"{path}: " if path is not None else ""
-        raise ConfigError(f"{where}{err}") from None
-    return experiment, cfg
+    experiment = load_experiment(path, overrides)
+    return experiment, experiment.tune
 
 
 def add_tune_parser(sub) -> None:
     p = sub.add_parser("tune", help="sweep a training stage with Ray Tune + ASHA (tune: section of the config)")
-    p.add_argument("--config", "-c", help="experiment YAML file with a tune: section (configs/tune_*.yaml)")
+    p.add_argument("--config", "-c", required=True,
+                   help="experiment YAML file with a tune: section (configs/tune_*.yaml)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="dotted overrides, e.g. tune.num_samples=8 train.steps=200")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
@@ -68,13 +42,12 @@ def cmd_tune(args) -> int:
     if args.print_config:
         print(json.dumps({**to_dict(experiment), "tune": to_dict(cfg)}, indent=2))
         return 0
-    from raylam.cluster import require_cluster_paths
+    from raylam.checks import check_experiment
+    from raylam.cluster import check_paths, require_cluster_paths
 
+    check_experiment(experiment, "tune")
     require_cluster_paths(experiment, collect=False, evaluate=False)
-    paths = {"tune.storage_path": cfg.storage_path} if cfg.storage_path else {}
-    from raylam.cluster import check_paths
-
-    check_paths(paths, experiment.shared_filesystem)
+    check_paths({"tune.storage_path": cfg.storage_path} if cfg.storage_path else {}, experiment.shared_filesystem)
     summary = run_tune(experiment, cfg, resume=args.resume)
     table = summary.table
     if table is not None and not table.empty:
@@ -100,16 +73,3 @@ class _pandas_wide:
 
     def __exit__(self, *exc):
         return self._ctx.__exit__(*exc)
-
-
-def main(argv: list[str] | None = None) -> int:  # `python -m raylam.tune` until raylam.cli has the command
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="raylam")
-    add_tune_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except (ConfigError, FileNotFoundError, ValueError) as err:
-        print(f"raylam tune: {err}", file=sys.stderr)
-        return 2

@@ -58,13 +58,6 @@ def set_dotted(data: dict, key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def get_dotted(data: dict, key: str) -> Any:
-    node: Any = data
-    for part in key.split("."):
-        node = node[part]
-    return node
-
-
 def trial_dirname(trial) -> str:
     """Short trial directories (Tune's default puts every sampled value in the name)."""
     return f"trial-{trial.trial_id}"
@@ -161,6 +154,13 @@ def plan_sweep(experiment, cfg: TuneConfig) -> SweepPlan:
                               f"eval_every (e.g. tune.fixed: {{eval_every: {base['report_every']}}})")
         if cfg.metric.startswith("heldout/sup/") and base["model"]["method"] != "laom_sup":
             raise ConfigError(f"tune.metric: {cfg.metric} needs model.method laom_sup (its action head)")
+    from raylam.train.metric_names import reported_metrics
+
+    reported = reported_metrics(from_dict(TrainConfig, base))
+    if cfg.metric not in reported:
+        shown = sorted(m for m in reported if not m.startswith("timing/"))
+        raise ConfigError(f"tune.metric: got {cfg.metric!r}, which stage {base_stage} never reports; it reports "
+                          f"{', '.join(shown)}")
     _check_dataset(base, cfg)
 
     every = base["eval_every"] if cfg.metric.startswith("heldout/") else base["report_every"]
@@ -273,10 +273,15 @@ def _objective_callback(metric: str):
     return ObjectiveReportCallback()
 
 
-def trial_train_config(base: dict, config: dict, sweep_dir: str, trial_id: str) -> TrainConfig:
+def trial_train_config(base: dict, config: dict, sweep_dir: str, trial_id: str,
+                       max_t: int | None = None) -> TrainConfig:
+    """A trial's stage: the base with the trial's values, in the sweep's runs directory. Its own step
+    budget ends at ASHA's ``max_t``, so a stop decision that arrives late cannot let it run past it."""
     data = copy.deepcopy(base)
     for key, value in config.items():
         set_dotted(data, key, plain(value))
+    if max_t is not None:
+        data["steps"] = min(int(data["steps"]), max_t)
     data["run_name"] = f"trial-{trial_id}"
     data["storage_path"] = f"{sweep_dir}/{RUNS_DIR}"
     return from_dict(TrainConfig, data)
@@ -290,7 +295,7 @@ def _trial(config: dict, plan: dict | None = None, metric: str = "",
     from raylam.train.trainer import train
 
     trial_id = ray.tune.get_context().get_trial_id()
-    cfg = trial_train_config(plan["base"], config, plan["sweep_dir"], trial_id)
+    cfg = trial_train_config(plan["base"], config, plan["sweep_dir"], trial_id, plan["max_t"])
     train(cfg, plan["experiment"], callbacks=[_objective_callback(metric), *(make() for make in callbacks)])
 
 

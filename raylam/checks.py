@@ -1,0 +1,129 @@
+"""Checks of what a command will read and write, run before any work starts.
+
+Config validation (``raylam.config``) sees one value at a time; these checks look at the world the
+values point to: the dataset (its label budget), local folders (background videos, outputs) and
+remote storage (an ``s3://`` bucket the cluster cannot reach). Each failure is a
+:class:`~raylam.config.UserError` whose message names the field, the value and what was expected,
+so a typo costs seconds instead of a pipeline's compute.
+"""
+
+from __future__ import annotations
+
+import os
+
+from raylam.config import ConfigError
+
+REMOTE_SCHEMES = ("s3", "gs", "gcs", "hdfs", "abfs", "abfss", "az")
+
+
+def is_remote(path: str) -> bool:
+    return "://" in path and path.split("://", 1)[0] in REMOTE_SCHEMES
+
+
+def check_output_dir(path: str | None, key: str) -> None:
+    """An output directory may not exist yet, but it must not be a file (or sit under one)."""
+    if not path or "://" in path and not path.startswith("file://"):
+        return
+    local = os.path.abspath(os.path.expanduser(path.removeprefix("file://")))
+    probe = local
+    while probe and not os.path.exists(probe):
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            return
+        probe = parent
+    if not os.path.isdir(probe):
+        what = "is a file" if probe == local else f"lies under {probe}, which is a file"
+        raise ConfigError(f"{key}: {path} {what}; expected a directory (or a path that does not exist yet)")
+
+
+def check_reachable(uri: str | None, key: str) -> None:
+    """A remote URI's filesystem answers (a missing object is fine; no connection or no access is not)."""
+    if not uri or not is_remote(uri):
+        return
+    import pyarrow.fs as pafs
+
+    try:
+        fs, root = pafs.FileSystem.from_uri(uri)
+        fs.get_file_info(root.rstrip("/") or root)
+    except (OSError, ValueError) as err:  # pyarrow raises OSError (network, access) or ArrowInvalid (a ValueError)
+        reason = " ".join(str(err).split())
+        raise ConfigError(f"{key}: cannot reach {uri}: {reason[:300]}") from None
+
+
+def check_background_dir(path: str | None, key: str) -> None:
+    """Background videos: a local folder on every node that renders, or a folder URI each node
+    copies once (:func:`raylam.data.storage.local_mirror`)."""
+    if path is None:
+        return
+    if "://" in path and not path.startswith("file://"):
+        from raylam.data.storage import resolve
+
+        check_reachable(path, key)
+        location = resolve(path)
+        import pyarrow.fs as pafs
+
+        if location.fs.get_file_info(location.root).type != pafs.FileType.Directory:
+            raise ConfigError(f"{key}: folder {path} does not exist (a DAVIS JPEGImages/480p folder or a folder "
+                              "of .mp4 files, docs/DAVIS.md)")
+        return
+    if not os.path.isdir(os.path.expanduser(path.removeprefix("file://"))):
+        raise ConfigError(f"{key}: folder {path} does not exist (a DAVIS JPEGImages/480p folder or a folder of "
+                          ".mp4 files, docs/DAVIS.md)")
+
+
+def check_label_budget(dataset: str, num_labeled: int | None, key: str) -> None:
+    """A label budget larger than the dataset's labeled episodes fails now, when the dataset exists
+    (a dataset that a pipeline collects first is checked by the stage itself)."""
+    if num_labeled is None:
+        return
+    from raylam.data.pipeline import DatasetInfo
+
+    try:
+        info = DatasetInfo(dataset)
+    except (FileNotFoundError, OSError):
+        return
+    have = len(info.manifest["labeled_episodes"])
+    if num_labeled > have:
+        raise ConfigError(f"{key}: got {num_labeled}, but dataset {dataset} has {have} labeled episodes")
+
+
+def check_experiment(exp, command: str) -> None:
+    """Everything ``command`` (collect, train, evaluate, pipeline, tune) will touch, before it starts."""
+    collects = command in ("collect", "pipeline")
+    trains = command in ("train", "pipeline", "tune")
+    if collects:
+        check_output_dir(exp.collect.output, "collect.output")
+        check_reachable(exp.collect.output, "collect.output")
+        check_background_dir(exp.collect.env.background_dir, "collect.env.background_dir")
+    if trains or command == "evaluate":
+        check_output_dir(exp.train.storage_path, "train.storage_path")
+        check_reachable(exp.train.storage_path, "train.storage_path")
+    if trains:
+        seen = set()
+        for i, entry in enumerate(exp.stages):
+            stage = exp.stage(i)
+            if stage.dataset not in seen:
+                check_reachable(stage.dataset, f"stages[{i}] ({entry['run_name']}).dataset")
+                seen.add(stage.dataset)
+            if not collects or stage.dataset != exp.collect.output:  # pipeline: collected first
+                check_label_budget(stage.dataset, stage.num_labeled, f"stages[{i}] ({entry['run_name']}).num_labeled")
+    if command in ("evaluate", "pipeline"):
+        check_output_dir(exp.evaluate.output, "evaluate.output")
+        check_reachable(exp.evaluate.output, "evaluate.output")
+        check_background_dir(exp.evaluate.rollout.background_dir, "evaluate.rollout.background_dir")
+
+
+def check_runs_exist(methods, roots: dict) -> None:
+    """``raylam evaluate`` on runs that already exist: every run a method names is a finished run."""
+    from raylam.data.storage import resolve
+    from raylam.eval.evaluate import run_path
+    from raylam.train.artifacts import ARTIFACT
+
+    for seed, root in roots.items():
+        for i, m in enumerate(methods):
+            for role in ("lam", "policy", "decoder"):
+                path = run_path(getattr(m, role), root)
+                if path is not None and not resolve(path).exists(ARTIFACT):
+                    where = "" if len(roots) == 1 else f" (seed {seed})"
+                    raise ConfigError(f"evaluate.methods[{i}] ({m.name}).{role}: {path}{where} is not a finished "
+                                      f"run (no {ARTIFACT}); train it first, or fix the name")
