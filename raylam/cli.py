@@ -86,8 +86,8 @@ def cmd_train(args) -> int:
     if not cfg.stages:
         print(f"raylam train: {args.config} defines no `stages`", file=sys.stderr)
         return 2
-    require_cluster_paths(cfg, collect=False, evaluate=False)
     indices = [cfg.stage_index(name) for name in args.stage] if args.stage else range(len(cfg.stages))
+    require_cluster_paths(cfg, collect=False, evaluate=False)
     plan = [(seed, i) for seed in cfg.seed_list() for i in indices]
     for k, (seed, i) in enumerate(plan, 1):
         stage = cfg.stage(i, seed)
@@ -145,12 +145,12 @@ def cmd_evaluate(args) -> int:
     output = args.output or cfg.eval_output()
     if args.output:
         cfg.evaluate.output = args.output
-    require_cluster_paths(cfg, collect=False, train=bool(args.dataset))
     probes, rollouts = (args.probe or not args.rollout), (args.rollout or not args.probe)
     roots = cfg.run_root() if args.lam else cfg.seed_roots()  # --lam names its runs itself
     check_runs_exist(evaluation.methods, {None: roots} if isinstance(roots, str) else roots)
     check_output_dir(output, "--output")
     check_reachable(output, "--output")
+    require_cluster_paths(cfg, collect=False, train=bool(args.dataset))
     evaluate_methods(evaluation, roots, output, dataset=args.dataset, probes=probes, rollouts=rollouts,
                      experiment=cfg.name)
     print(f"results: {output}/results.json\nreport: {output}/report.md ({output}/report.html)")
@@ -171,9 +171,7 @@ def cmd_pipeline(args) -> int:
     from raylam.pipeline import run_pipeline
 
     methods = args.methods.split(",") if args.methods else None
-    cfg = _load(args)
-    require_cluster_paths(cfg)
-    out = run_pipeline(cfg, force=args.force, methods=methods)
+    out = run_pipeline(_load(args), force=args.force, methods=methods)  # checks the paths once Ray is up
     t = out["timings"]
     seeds = sorted({r["seed"] for r in out["results"]["rows"] if r.get("seed") is not None})
     print(f"pipeline done in {t['total'] / 60:.1f} min (collect {t['collect']:.0f} s, evaluate {t['evaluate']:.0f} s; "

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 
+from raylam.cluster import require_cluster_paths
 from raylam.config import ConfigError, to_dict
 from raylam.experiment import ExperimentConfig
 from raylam.train.config import UPSTREAM_FIELDS
@@ -176,7 +177,6 @@ def _train_stage(stage, experiment: str, fresh: bool, label: str) -> None:
 def run_pipeline(exp: ExperimentConfig, force: bool = False, methods: list[str] | None = None) -> dict:
     """Run the experiment (or the stages ``methods`` need) on the current or a new local Ray cluster;
     returns timings and paths."""
-    import ray
 
     from raylam.data.collect import collect
     from raylam.eval.evaluate import evaluate_methods
@@ -185,8 +185,7 @@ def run_pipeline(exp: ExperimentConfig, force: bool = False, methods: list[str] 
     if not exp.evaluate.methods:
         raise ConfigError(f"pipeline: experiment {exp.name!r} has no `evaluate.methods`; nothing would be evaluated")
     stages = select_methods(exp, methods)
-    if not ray.is_initialized():
-        ray.init()
+    require_cluster_paths(exp)  # connects to Ray; local paths on a multi-node cluster stop here
     timings: dict[str, float] = {}
     start = time.perf_counter()
     print(f"== collect -> {exp.collect.output}", flush=True)

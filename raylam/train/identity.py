@@ -27,7 +27,8 @@ PLACEMENT_FIELDS = (
     "storage_path", "run_name", "lam_run", "labels", "policy_run", "dataset",
     "use_gpu", "gpus_per_worker", "cpus_per_worker", "threads_per_worker", "resources_per_worker",
     "report_every", "checkpoint_every", "keep_checkpoints", "max_failures", "wandb", "fail_at_step",
-    "step_delay_s", "data.read_cpus", "data.max_cpus", "data.prefetch_batches", "data.progress_bars",
+    "step_delay_s", "wait_at_step", "wait_for_file", "log_level", "progress",
+    "data.read_cpus", "data.max_cpus", "data.prefetch_batches", "data.progress_bars",
 )
 INPUTS = ("lam_run", "labels", "policy_run")
 
