@@ -33,6 +33,9 @@ def s3_overrides(bucket: str) -> list[str]:
         "evaluate.rollout.episodes=1", "evaluate.rollout.episode_length=20", "evaluate.rollout.strip_frames=3",
         "evaluate.rollout.num_actors=1", "evaluate.probe.max_fit_windows=64", "evaluate.probe.batch_size=32",
         "evaluate.rollout.settings=[vanilla]", "train.cpus_per_worker=0.5", "concurrent_stages=2",
+        # the LAM loses its worker at step 3 and resumes from the step-2 checkpoint on S3 (its uploads
+        # synchronous under the test hook); the other stages upload their checkpoints asynchronously
+        "stages.laom_sup.fail_at_step=3", "stages.laom_sup.max_failures=1",
     ]
 
 
@@ -59,6 +62,13 @@ def test_pipeline_on_s3(ray_with_s3, tmp_path, monkeypatch):
     # the training history and TensorBoard events live beside each run, on the object store
     history = read_metrics(f"{exp.seed_root()}/laom_sup")
     assert [row["step"] for row in history] == [1, 2, 3, 4] and all(row["loss"] == row["loss"] for row in history)
+    lam = resolve(f"{exp.seed_root()}/laom_sup").read_json("artifact.json")
+    steps = []
+    for info in fs.get_file_info(pafs.FileSelector(f"{root}/runs/quickstart/laom_sup/{lam['attempt']}")):
+        if info.base_name.startswith("checkpoint_") and info.type == pafs.FileType.Directory:
+            with fs.open_input_stream(f"{info.path}/meta.json") as stream:
+                steps.append(json.loads(stream.read())["step"])
+    assert sorted(steps) == [2, 4]  # restored from step 2 after the failure at 3, not from scratch
     assert any("/laom_sup/train-" in name and "/tensorboard/events.out.tfevents" in name for name in names)
     assert list(tmp_path.iterdir()) == [], "the pipeline wrote to the local working directory"
 
