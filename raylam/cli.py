@@ -95,8 +95,7 @@ def cmd_train(args) -> int:
         print(f"== stage {k}/{len(plan)} {stage.run_name}: {stage.stage} ({what}, seed {seed}) -> "
               f"{stage.storage_path}/{stage.run_name}", flush=True)
         result = train(stage, cfg.name, fresh=args.force, label=f"[{k}/{len(plan)}] {stage.run_name}")
-        metrics = result if isinstance(result, dict) else result.metrics
-        shown = {name: round(v, 4) for name, v in metrics.items()
+        shown = {name: round(v, 4) for name, v in result.metrics.items()
                  if name in ("loss", "step", "samples_per_s", "num_labels")}
         print(f"== stage {k}/{len(plan)} {stage.run_name} done: {shown}", flush=True)
     return 0

@@ -320,8 +320,7 @@ def test_laom_sup_trains_on_imported_video_without_states(video_dataset, tmp_pat
         "model": {**to_dict(ModelConfig.small("laom_sup")), "image_size": SIZE, "max_offset": 4},
         "steps": 3, "batch_size": 8, "labeled_batch_size": 4, "report_every": 1, "checkpoint_every": 3,
         "num_workers": 1, "eval_every": 0, "data": {"clips_per_task": 2, "read_cpus": 0.5}})
-    result = train(cfg, "ingest-test")
-    metrics = result if isinstance(result, dict) else result.metrics
+    metrics = train(cfg, "ingest-test").metrics
     assert metrics["step"] == 3
     assert np.isfinite(metrics["loss"]) and np.isfinite(metrics["probe/action_mse"])
     assert "probe/state_mse" not in metrics  # no states: no state probe

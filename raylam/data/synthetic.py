@@ -13,8 +13,9 @@ from functools import partial
 import numpy as np
 
 from raylam.config import from_dict
-from raylam.data.collect import MANIFEST, build_manifest, label_order, plan_shards, write_shard
+from raylam.data.collect import build_manifest, label_order, plan_shards, write_shard
 from raylam.data.config import CollectConfig
+from raylam.data.manifest import MANIFEST
 from raylam.data.shards import Clip
 from raylam.data.storage import resolve
 

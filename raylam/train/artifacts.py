@@ -2,12 +2,33 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from raylam.config import ConfigError
 from raylam.data.storage import resolve
 
 ARTIFACT = "artifact.json"
+
+
+@dataclass(frozen=True)
+class StageResult:
+    """What every finished stage returns, trained or relabeled: where it lives, its
+    ``artifact.json`` (what the next stage reads) and its last reported metrics."""
+
+    run_dir: str
+    artifact: dict
+
+    @property
+    def metrics(self) -> dict:
+        """The last report's numbers (a relabel stage: how many transitions it labeled)."""
+        if self.artifact.get("stage") == "relabel":
+            return {"num_labels": self.artifact["num_labels"], "latent_dim": self.artifact["latent_dim"]}
+        return dict(self.artifact.get("metrics") or {})
+
+    def __getitem__(self, key: str):
+        return self.artifact[key]
 
 
 def read_artifact(run_dir: str, expect_stages: tuple[str, ...] | None = None) -> dict:

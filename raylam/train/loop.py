@@ -89,7 +89,8 @@ def train_loop_per_worker(config: dict) -> None:
         values.update(timing)
         if data.heldout is not None and (step % cfg.eval_every == 0 or step == cfg.steps):
             values.update(_heldout_metrics(unwrapped, data, cfg))
-        reporter(values, step, data.state())
+        checkpointing = step % cfg.checkpoint_every == 0 or step == cfg.steps
+        reporter(values, step, gather_data_state(data, world) if checkpointing else None)
         if step == cfg.wait_at_step and not resumed:
             _wait_for_file(cfg.wait_for_file, rank)
 
@@ -159,17 +160,21 @@ class WorkerData:
         self.pin = device.type == "cuda"
         m = cfg.model
         self.common = dict(frame_stack=m.frame_stack, max_offset=m.max_offset)
-        self.shard = ray.train.get_dataset_shard("train")
+        self.stream = config.get("stream")  # streamed in clip order: this worker's own, resumable stream
+        self.shard = None if self.stream else ray.train.get_dataset_shard("train")
         self.cached = config.get("data_mode", "cache") == "cache"
         self.epoch, self.sampler, self.labeled = 0, None, None
-        if self.cached:
+        self.world, self.entered, self.epoch_clips = world, 0, {}
+        if self.stream:
+            self._resume_stream(state)
+        elif self.cached:
             store = ClipStore.from_batches(self._clips(self.shard), device, self.pin)
             self.sampler = EpochSampler(store, self.batch_size, seed=(cfg.seed, rank, 2),
                                         labeled_only=config.get("labeled_only", False), **self.common)
             if state:
                 self.sampler.restore(state)
-        elif state:
-            self.epoch = int(state.get("epoch", 0))  # a stream restarts its pass; the epoch count goes on
+        elif state and not self.stream:
+            self.epoch = int(state.get("epoch", 0))  # a shard-order stream restarts its pass
         if "labeled" in config["datasets"]:
             store = ClipStore.from_batches(self._clips(ray.train.get_dataset_shard("labeled")), device, self.pin)
             self.labeled = iter(LabeledSampler(store, cfg.labeled_batch_size // world, seed=(cfg.seed, rank, 3),
@@ -184,22 +189,70 @@ class WorkerData:
         return shard.iter_batches(batch_size=self.cfg.data.clips_per_task, batch_format="numpy",
                                   prefetch_batches=self.cfg.data.prefetch_batches)
 
+    def _resume_stream(self, state: dict | None) -> None:
+        """Where this worker's clip stream stands after a restore: the epoch and the number of its
+        clips the pool had taken (they are skipped; the clips then in the pool are not trained again
+        this epoch either), as every rank recorded it in the checkpoint."""
+        ranks = (state or {}).get("ranks") or []
+        if len(ranks) == self.world:
+            mine = ranks[self.rank]
+            self.epoch, self.entered = int(mine["epoch"]), int(mine["entered"])
+            self.epoch_clips = {int(k): int(v) for k, v in mine.get("epoch_clips", {}).items()}
+        elif state:
+            self.epoch = int(state.get("epoch", 0))  # another worker count: the epoch's pass restarts
+
+    def _stream_epoch(self):
+        """This worker's clips of the current epoch, from where it stands: a seeded permutation of the
+        clip index per epoch, every world-th clip from this rank's, fetched and decoded by Ray Data."""
+        import numpy as np
+        import ray
+
+        from raylam.data.clip_index import FetchClips
+        from raylam.data.clips import CLIP_MEMBERS, DecodeClips
+        from raylam.data.pipeline import DatasetInfo, WindowSpec
+
+        cfg, stream = self.cfg, self.stream
+        rows = ray.get(stream["rows"])
+        order = np.random.default_rng([cfg.seed, 5, self.epoch]).permutation(len(rows))
+        mine = [rows[i] for i in order[self.rank::self.world]][self.entered:]
+        if not mine:
+            return
+        info = DatasetInfo(cfg.dataset)
+        spec = WindowSpec(frame_stack=cfg.model.frame_stack, max_offset=cfg.model.max_offset,
+                          num_labeled=cfg.num_labeled)
+        decode = DecodeClips(spec, info.manifest, info.labeled_episodes(cfg.num_labeled), stream["labeled_only"],
+                             stream["labels"])
+        per_block = 4 * cfg.data.clips_per_task
+        ds = ray.data.from_items(mine, override_num_blocks=max(1, min(len(mine) // per_block, 1024)))
+        ds = ds.map_batches(FetchClips(decode, CLIP_MEMBERS), batch_size=cfg.data.clips_per_task,
+                            batch_format="numpy", num_cpus=cfg.data.read_cpus)
+        if cfg.data.max_cpus is not None:  # the same cap Train's DataConfig puts on its datasets
+            limits = ds.context.execution_options.resource_limits
+            ds.context.execution_options.resource_limits = limits.copy(cpu=cfg.data.max_cpus)
+        for batch in self._clips(ds):
+            self.entered += len(batch.get("episode", ()))
+            yield batch
+
     def _batches(self):
         from raylam.train.sampling import StreamingPool
 
         if self.cached:
             yield from self.sampler
         while True:
-            pool = StreamingPool(self._clips(self.shard), self.cfg.data.pool_clips, self.batch_size,
-                                 seed=(self.cfg.seed, self.rank, 4, self.epoch), device=self.device,
+            resumed_at = self.entered
+            source = self._stream_epoch() if self.stream else self._clips(self.shard)
+            pool = StreamingPool(source, self.cfg.data.pool_clips, self.batch_size,
+                                 seed=(self.cfg.seed, self.rank, 4, self.epoch, self.entered), device=self.device,
                                  pin_memory=self.pin, **self.common)
             empty = True
             for batch in pool:
                 empty = False
                 yield batch
-            if empty:
+            if empty and not resumed_at:  # a whole epoch that gives no batch: the data are too small
                 raise ValueError("the training stream gave no batch: fewer transitions than one batch per worker")
-            self.epoch += 1
+            if self.stream:
+                self.epoch_clips[self.epoch] = self.entered
+            self.epoch, self.entered = self.epoch + 1, 0
 
     def next(self):
         """(batch, labeled batch or None)."""
@@ -207,11 +260,32 @@ class WorkerData:
         return batch, (None if self.labeled is None else next(self.labeled))
 
     def state(self) -> dict:
-        return self.sampler.state() if self.cached else {"epoch": self.epoch}
+        """This worker's data position (see :func:`gather_data_state` for what a checkpoint keeps)."""
+        if self.cached:
+            return self.sampler.state()
+        if self.stream:
+            return {"epoch": self.epoch, "entered": self.entered,
+                    "epoch_clips": {str(k): v for k, v in self.epoch_clips.items()}}
+        return {"epoch": self.epoch}
 
     @property
     def current_epoch(self) -> int:
         return self.sampler.epoch if self.cached else self.epoch
+
+
+def gather_data_state(data: WorkerData, world: int) -> dict:
+    """The data position a checkpoint records: the cached sampler's (the same on every rank), or,
+    for a clip-order stream, every rank's own (gathered to rank 0, which writes the checkpoint)."""
+    state = data.state()
+    if not data.stream:
+        return state
+    ranks = [state]
+    if world > 1:
+        import torch.distributed as dist
+
+        ranks = [None] * world
+        dist.all_gather_object(ranks, state)
+    return {**state, "ranks": ranks}
 
 
 def fit(model, unwrapped, optimizer, scheduler, data, cfg, device, world: int, step: int, report,

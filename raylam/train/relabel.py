@@ -18,7 +18,7 @@ from raylam.config import to_dict
 from raylam.data.pipeline import DatasetInfo, WindowSpec, configure_data_context, window_dataset
 from raylam.data.storage import resolve
 from raylam.models.batch import rows_to_batch
-from raylam.train.artifacts import ARTIFACT, load_run
+from raylam.train.artifacts import ARTIFACT, StageResult, load_run
 from raylam.train.config import TrainConfig
 
 LABELS = "labels"
@@ -54,7 +54,7 @@ class Labeler:
         })
 
 
-def relabel(cfg: TrainConfig, experiment: str = "raylam") -> dict:
+def relabel(cfg: TrainConfig, experiment: str = "raylam") -> StageResult:
     """Label every transition of the dataset (train and held-out splits); returns the artifact."""
     import ray
 
@@ -102,4 +102,4 @@ def relabel(cfg: TrainConfig, experiment: str = "raylam") -> dict:
         "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
     run_dir.write_json(ARTIFACT, artifact)
-    return artifact
+    return StageResult(run_dir.uri, artifact)

@@ -16,7 +16,7 @@ from raylam.config import ConfigError, to_dict
 from raylam.data.clips import clip_dataset, decoded_bytes
 from raylam.data.pipeline import DatasetInfo, WindowSpec, configure_data_context
 from raylam.data.storage import resolve
-from raylam.train.artifacts import ARTIFACT, read_artifact
+from raylam.train.artifacts import ARTIFACT, StageResult, read_artifact
 from raylam.train.config import LABELED_STAGES, TrainConfig
 from raylam.train.identity import stage_identity
 from raylam.train.loop import train_loop_per_worker
@@ -46,7 +46,7 @@ def stage_datasets(cfg: TrainConfig, info: DatasetInfo, labels: str | None = Non
                                 order=cfg.data.stream_order if streamed and shuffled else "shards")
         return shared_clips(info, spec, split, only_labeled, common)
 
-    datasets = {"train": clips("train", labeled_only, True)}
+    datasets = {} if clip_stream(cfg, info) else {"train": clips("train", labeled_only, True)}
     if cfg.stage == "lam" and cfg.model.method == "laom_sup":
         datasets["labeled"] = clips("train", True, False)
     if cfg.eval_every:
@@ -78,6 +78,25 @@ def _shuffle_seed(cfg: TrainConfig) -> int | None:
     if cfg.data.shuffle_seed is None:
         return None
     return cfg.data.shuffle_seed + 1000 * cfg.seed
+
+
+def clip_stream(cfg: TrainConfig, info: DatasetInfo) -> bool:
+    """Streamed in clip order: each worker builds its own stream of its share of the clips (a
+    seeded order per epoch), which it can resume mid-epoch after a failure, so Train splits nothing."""
+    return data_mode(cfg, info) == "stream" and cfg.data.stream_order == "clips"
+
+
+def stream_rows(cfg: TrainConfig, info: DatasetInfo, labels: str | None) -> dict:
+    """What a worker needs to build its clip stream: the clip index (in the object store), and how
+    to decode (label budget, labeled-only, relabeled latents)."""
+    import ray
+
+    from raylam.data.clip_index import clip_index, fetch_rows, random_clip_order
+
+    labeled_only = cfg.stage in LABELED_STAGES
+    labeled = set(info.labeled_episodes(cfg.num_labeled)) if labeled_only else None
+    rows = fetch_rows(random_clip_order(clip_index(info, "train", cfg.data.read_cpus), labeled, None))
+    return {"rows": ray.put(rows), "num_rows": len(rows), "labels": labels, "labeled_only": labeled_only}
 
 
 def data_mode(cfg: TrainConfig, info: DatasetInfo) -> str:
@@ -128,7 +147,7 @@ def _timings(metrics: dict, fit_start: float, fit_s: float) -> dict:
     return out
 
 
-def data_config(cfg: TrainConfig):
+def data_config(cfg: TrainConfig, split: bool = True):
     """Train's DataConfig: the training split divided among the workers; with ``data.max_cpus``,
     Ray Data may hold at most that many CPUs for this run (a Tune trial's data_cpus, enforced)."""
     from ray.train import DataConfig
@@ -137,13 +156,13 @@ def data_config(cfg: TrainConfig):
     if cfg.data.max_cpus is not None:
         options = DataConfig.default_ingest_options()
         options.resource_limits = options.resource_limits.copy(cpu=cfg.data.max_cpus)
-    return DataConfig(datasets_to_split=["train"], execution_options=options)
+    return DataConfig(datasets_to_split=["train"] if split else [], execution_options=options)
 
 
 def train(cfg: TrainConfig, experiment: str = "raylam", callbacks: list | None = None, fresh: bool = False,
           label: str | None = None):
-    """Run one stage on the current Ray cluster: a TorchTrainer run (returns its ``ray.train.Result``),
-    or, for ``relabel``, batch inference (returns the relabel artifact).
+    """Run one stage on the current Ray cluster (a TorchTrainer run, or for ``relabel`` batch
+    inference); returns its :class:`StageResult` (the artifact the next stage reads, the metrics).
 
     The Ray Train run lives in ``<run dir>/train-<identity>``: a rerun of the same stage (same
     config, same inputs) resumes from its last checkpoint, a changed one starts fresh, and
@@ -164,11 +183,16 @@ def train(cfg: TrainConfig, experiment: str = "raylam", callbacks: list | None =
     if cfg.stage == "action_decoder" and cfg.policy_run:
         policy = read_artifact(cfg.policy_run, expect_stages=("latent_bc",))
         latent_dim = int(policy["config"]["model"]["latent_dim"])  # the policy's output size decides
+        if latent_dim != cfg.model.latent_dim:
+            print(f"note: {cfg.stage} {run_name(cfg, experiment)}: model.latent_dim {cfg.model.latent_dim} -> "
+                  f"{latent_dim}, the output size of the policy {cfg.policy_run}", flush=True)
         cfg = replace(cfg, model=replace(cfg.model, latent_dim=latent_dim))
     elif cfg.stage in ("latent_bc", "action_decoder"):
         relabeled = read_artifact(cfg.labels, expect_stages=("relabel",))
         labels = relabeled["labels"]
         if relabeled["latent_dim"] != cfg.model.latent_dim:  # the labels decide the latent size
+            print(f"note: {cfg.stage} {run_name(cfg, experiment)}: model.latent_dim {cfg.model.latent_dim} -> "
+                  f"{relabeled['latent_dim']}, the size of the latents in {cfg.labels}", flush=True)
             cfg = replace(cfg, model=replace(cfg.model, latent_dim=relabeled["latent_dim"]))
     dims = check_dataset(cfg, info)
     if not ray.is_initialized():
@@ -188,6 +212,7 @@ def train(cfg: TrainConfig, experiment: str = "raylam", callbacks: list | None =
         "policy_run": resolve(cfg.policy_run).url("").rstrip("/") if cfg.stage == "action_decoder" and cfg.policy_run
         else None,
         "attempt_dir": f"{run_dir.url('').rstrip('/')}/{attempt}",  # metrics and TensorBoard, beside the run
+        "stream": stream_rows(cfg, info, labels) if clip_stream(cfg, info) else None,
     }
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -197,7 +222,7 @@ def train(cfg: TrainConfig, experiment: str = "raylam", callbacks: list | None =
                                                            **({"GPU": cfg.gpus_per_worker} if cfg.use_gpu else {}),
                                                            **cfg.resources_per_worker}),
         datasets=datasets,
-        dataset_config=data_config(cfg),
+        dataset_config=data_config(cfg, split="train" in datasets),
         run_config=RunConfig(
             name=attempt,
             storage_path=run_dir.root if local else run_dir.uri.rstrip("/"),
@@ -213,7 +238,7 @@ def train(cfg: TrainConfig, experiment: str = "raylam", callbacks: list | None =
     fit_s = time.time() - fit_start
     if result.checkpoint is None:
         raise RuntimeError(f"run {name} finished without a checkpoint")
-    run_dir.write_json(ARTIFACT, {
+    artifact = {
         "stage": cfg.stage,
         "identity": identity,
         "attempt": attempt,
@@ -226,5 +251,6 @@ def train(cfg: TrainConfig, experiment: str = "raylam", callbacks: list | None =
         "config": to_dict(cfg),
         "requested_config": requested,
         "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-    })
-    return result
+    }
+    run_dir.write_json(ARTIFACT, artifact)
+    return StageResult(run_dir.uri, artifact)
