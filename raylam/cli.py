@@ -71,7 +71,7 @@ def cmd_ingest(args) -> int:
     from raylam.data.ingest import ingest
 
     cfg = _load(args).ingest
-    cfg.validate()  # an experiment file without an `ingest` section fails here, naming the key
+    cfg.require_inputs()  # an experiment file without an `ingest` section fails here, naming the key
     m = ingest(cfg)
     print(f"wrote {m['num_episodes']} episodes ({m['num_transitions']} frames, {len(m['shards'])} shards, "
           f"{m['num_labeled']} labeled, {len(m['splits']['heldout'])} held-out shards) to {cfg.output}; "

@@ -188,7 +188,7 @@ def test_every_trial_ends_by_max_t(sweep):
     assert cfg.scheduler.enabled and set(second.table["step"]) <= {2, 4}
     assert (second.table[cfg.metric] > 0).all()
     for run in (Path(second.sweep_dir) / "runs").iterdir():
-        steps = [json.loads(p.read_text())["step"] for p in run.glob("checkpoint_*/meta.json")]
+        steps = [json.loads(p.read_text())["step"] for p in run.glob("train-*/checkpoint_*/meta.json")]
         assert steps and max(steps) <= 4, (run.name, steps)
 
 

@@ -122,7 +122,8 @@ class TrainConfig:
     log_level: str = spec("WARNING", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
                           help="Ray Train's own console logs (INFO: a line per worker per report, worker-group "
                                "start-up); its log files keep everything")
-    fail_at_step: int | None = spec(None, ge=1, help="test hook: raise once at this step (never on a resumed run)")
+    fail_at_step: int | None = spec(None, ge=1, help="test hook: raise once at this step (never on a resumed run), "
+                                                     "once Train has registered the checkpoint before it")
     step_delay_s: float = spec(0.0, ge=0.0, help="test hook: sleep after every step (a slow GPU step on tiny data, so "
                                                  "a failure can land mid-run)")
     wait_at_step: int | None = spec(None, ge=1, help="test hook: after reporting this step (and its checkpoint), every "

@@ -95,7 +95,8 @@ def train_loop_per_worker(config: dict) -> None:
             _wait_for_file(cfg.wait_for_file, rank)
 
     step = fit(model, unwrapped, optimizer, scheduler, data, cfg, device, world, step, report,
-               fail_at_step=None if resumed else cfg.fail_at_step)
+               fail_at_step=None if resumed else cfg.fail_at_step,
+               before_failure=lambda: _wait_for_registered_checkpoint(cfg, config.get("attempt_dir")))
     reporter.close(step)
 
 
@@ -289,7 +290,7 @@ def gather_data_state(data: WorkerData, world: int) -> dict:
 
 
 def fit(model, unwrapped, optimizer, scheduler, data, cfg, device, world: int, step: int, report,
-        fail_at_step: int | None = None) -> int:
+        fail_at_step: int | None = None, before_failure=None) -> int:
     """The plain PyTorch loop: batch -> loss -> step, ``report(values, step)`` every ``report_every``."""
     autocast = dict(device_type=device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
     window_start, window_samples, waited = time.perf_counter(), 0, 0.0
@@ -299,6 +300,8 @@ def fit(model, unwrapped, optimizer, scheduler, data, cfg, device, world: int, s
         batch, labeled = data.next()
         waited += time.perf_counter() - t
         if fail_at_step is not None and step + 1 == fail_at_step:
+            if before_failure is not None:
+                before_failure()
             raise RuntimeError(f"test hook: injected failure at step {step + 1} (fail_at_step)")
         with torch.autocast(**autocast):
             loss, metrics = model(batch, labeled)
@@ -395,6 +398,26 @@ def _quiet_report_log(level: str) -> None:
     except ImportError:  # another Ray layout: nothing to quiet
         return
     logging.getLogger(context.__file__).setLevel(level)
+
+
+def _wait_for_registered_checkpoint(cfg, attempt_dir: str | None) -> None:
+    """Test hook (``fail_at_step``): the injected failure waits until Ray Train has registered the
+    last checkpoint before it (its snapshot on storage says so), so the restore it tests starts from
+    that checkpoint whatever the timing of the controller's polls (gives up after 5 minutes)."""
+    from raylam.data.storage import resolve
+
+    last = (cfg.fail_at_step - 1) // cfg.checkpoint_every * cfg.checkpoint_every
+    if last <= 0 or not attempt_dir:
+        return
+    location, deadline = resolve(attempt_dir), time.monotonic() + 300
+    while time.monotonic() < deadline:
+        try:
+            snapshot = location.read_json("checkpoint_manager_snapshot.json")
+        except (OSError, ValueError):  # not written yet, or being replaced
+            snapshot = {}
+        if ((snapshot.get("latest_checkpoint_result") or {}).get("metrics") or {}).get("step", 0) >= last:
+            return
+        time.sleep(0.1)
 
 
 def _wait_for_file(path: str, rank: int) -> None:

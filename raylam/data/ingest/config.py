@@ -62,12 +62,17 @@ class IngestConfig:
     lerobot: LeRobotKeys = spec(LeRobotKeys(), help="source lerobot: feature keys")
     hdf5: HDF5Keys = spec(HDF5Keys(), help="source hdf5: dataset keys")
 
-    def validate(self) -> None:
+    def require_inputs(self) -> None:
+        """What ``raylam ingest`` needs beyond a valid section: inputs (an experiment that only
+        trains carries an empty ``ingest`` section, e.g. a sweep's exported best.yaml)."""
         if not self.paths:
             raise ConfigError(f"ingest.paths: got [], expected at least one input {'file' if self.source == 'hdf5' else 'folder'}")
+        self.validate()
+
+    def validate(self) -> None:
         if self.overlap >= self.clip_length:
             raise ConfigError(f"overlap: got {self.overlap}, expected a value < clip_length ({self.clip_length})")
-        if self.source == "lerobot" and not self.lerobot.camera_key:
+        if self.paths and self.source == "lerobot" and not self.lerobot.camera_key:
             raise ConfigError("lerobot.camera_key: missing, expected a video feature of meta/info.json "
                               "(e.g. observation.images.top)")
         if self.labeled_episodes is not None and self.num_labeled is not None:

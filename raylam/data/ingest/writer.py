@@ -265,6 +265,7 @@ def ingest(cfg: IngestConfig) -> dict:
     import ray
     from tqdm.auto import tqdm
 
+    cfg.require_inputs()
     refs = scan(cfg)  # every cheap check, before any output is touched
     splits = assign_splits(cfg, refs)
     if "train" not in splits.values():
