@@ -59,6 +59,7 @@ def test_pipeline_on_s3(ray_with_s3, tmp_path, monkeypatch):
     fs, root = pafs.FileSystem.from_uri(bucket)
     names = [info.path for info in fs.get_file_info(pafs.FileSelector(root, recursive=True))]
     assert any(name.endswith("report.md") for name in names)
+    assert any(name.endswith("eval/training_loss.png") for name in names)  # the LAM's history, read from S3
     # the training history and TensorBoard events live beside each run, on the object store
     history = read_metrics(f"{exp.seed_root()}/laom_sup")
     assert [row["step"] for row in history] == [1, 2, 3, 4] and all(row["loss"] == row["loss"] for row in history)

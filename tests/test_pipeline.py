@@ -95,7 +95,8 @@ def test_results_and_report(quickstart):
     assert "(scale_easy_video_hard · paper protocol: train backgrounds) |" in report
     assert "(scale_easy_video_hard · held-out backgrounds) |" in report
     assert "Training seeds: 1 (0)." in report
-    for name in ("normalized_return.png", "probe_mse.png", "frames_laom_sup_scale_easy_video_hard-eval.png",
+    for name in ("normalized_return.png", "probe_mse.png", "training_loss.png",
+                 "frames_laom_sup_scale_easy_video_hard-eval.png",
                  "frames_laom_sup_scale_easy_video_hard-train.png", "report.html"):
         assert (out / name).stat().st_size > 1000, name
 

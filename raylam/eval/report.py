@@ -24,7 +24,7 @@ from raylam.data.storage import resolve
 
 METHOD_ORDER = ("laom_sup", "laom", "lapo", "idm", "bc", "expert", "random")
 REPORT_MD, REPORT_HTML = "report.md", "report.html"
-FIG_RETURN, FIG_PROBE = "normalized_return.png", "probe_mse.png"
+FIG_RETURN, FIG_PROBE, FIG_TRAINING = "normalized_return.png", "probe_mse.png", "training_loss.png"
 
 
 def load_results(path: str) -> dict:
@@ -270,6 +270,42 @@ def plot_returns(rows: list[dict], path: str) -> bool:
     return True
 
 
+def plot_training(rows: list[dict], path: str) -> bool:
+    """Training loss against step of every evaluated LAM run, read from the per-step history each
+    run keeps beside it on its storage (:mod:`raylam.train.metrics`); False when none has one."""
+    from raylam.train.metrics import read_metrics
+
+    curves = []
+    for row in rows:
+        run = (row.get("runs") or {}).get("lam")
+        if not run:
+            continue
+        try:
+            history = read_metrics(run)
+        except (FileNotFoundError, OSError, ValueError):  # a run from before histories, or gone
+            continue
+        if history:
+            label = row["method"] + (f" (seed {row['seed']})" if row.get("seed") is not None else "")
+            curves.append((label, [r["step"] for r in history], [r["loss"] for r in history]))
+    if not curves:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.2, 3.4))
+    for label, steps, losses in curves:
+        ax.plot(steps, losses, label=label)
+    ax.set(xlabel="step", ylabel="training loss")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
 def plot_probes(rows: list[dict], path: str) -> bool:
     """Held-out probe MSE per method (action probe from z, state probe from features)."""
     import matplotlib
@@ -350,6 +386,8 @@ def _render_report(results: dict, output: str, strips: dict | None) -> None:
         figures.append((FIG_RETURN, "Normalized return (return / expert return) vs labeled trajectories"))
     if plot_probes(rows, os.path.join(output, FIG_PROBE)):
         figures.append((FIG_PROBE, "Linear probes on held-out episodes"))
+    if plot_training(rows, os.path.join(output, FIG_TRAINING)):
+        figures.append((FIG_TRAINING, "Training loss of the latent action models (their per-step history)"))
     strip_files = []
     for method in _order(strips or {}):
         for setting, frames in strips[method].items():
