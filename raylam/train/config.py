@@ -54,7 +54,8 @@ class DataLoaderConfig:
                                                 "decoded once per driver into the object store and shared by "
                                                 "every later stage that reads them (0: decode per stage)")
     pool_clips: int = spec(512, ge=1, help="streaming: clips each worker holds to draw batches from "
-                                           "(memory: pool_clips x clip_length frames; mixing grows with it)")
+                                           "(memory: pool_clips x clip_length frames; mixing grows with it; at least the "
+                                           "batch per worker)")
     stream_order: str = spec("clips", choices=("clips", "shards"),
                              help="streaming: clips = every clip in a seeded global random order, fetched by "
                                   "ranged reads (a worker's pool spans many episodes); shards = shard by shard")

@@ -214,7 +214,9 @@ class StreamingPool:
                  frame_stack: int, max_offset: int, seed: tuple[int, ...], device: torch.device | str = "cpu",
                  pin_memory: bool = False):
         self.source = iter(clip_batches)
-        self.pool_clips, self.batch_size = pool_clips, batch_size
+        # at least a clip per batch row: with every slot holding a clip that has a transition left,
+        # a batch can always be drawn (a clip's slot frees only when all its transitions are drawn)
+        self.pool_clips, self.batch_size = max(pool_clips, batch_size), batch_size
         self.frame_stack, self.max_offset = frame_stack, max_offset
         self.device, self.pin_memory = torch.device(device), pin_memory
         self.rng = np.random.default_rng(list(seed))
