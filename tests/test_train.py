@@ -134,11 +134,13 @@ def test_run_logs_heldout_metrics_tensorboard_and_wandb(laom_sup_run):
     assert offline and all(list(p.glob("*.wandb")) for p in offline)
 
 
-def test_streamed_run_trains_through_the_clip_pool(ray_local, synthetic, tmp_path):
+def test_streamed_run_trains_through_the_clip_pool(ray_local, synthetic, tmp_path, monkeypatch):
     """Data bigger than the cache (cache_bytes 0): 2 workers stream clips in clip order through their
-    pools, epoch after epoch (6 episodes x 39 transitions = 234; batch 16: 14 steps an epoch)."""
+    pools, epoch after epoch (6 episodes x 39 transitions = 234; batch 16: 14 steps an epoch). The
+    dataset is named by a relative path, as users write it (workers run in a directory of their own)."""
     dataset, _ = synthetic
-    cfg = train_config(dataset, tmp_path, model=to_dict(ModelConfig.small("laom")), num_workers=2,
+    monkeypatch.chdir(Path(dataset).parent)
+    cfg = train_config(Path(dataset).name, tmp_path, model=to_dict(ModelConfig.small("laom")), num_workers=2,
                        cpus_per_worker=0.5, steps=20, report_every=5, checkpoint_every=10,
                        data={"clips_per_task": 2, "read_cpus": 0.5, "cache_bytes": 0, "pool_clips": 8})
     result = train(cfg)

@@ -210,7 +210,7 @@ class WorkerData:
 
         from raylam.data.clip_index import FetchClips
         from raylam.data.clips import CLIP_MEMBERS, DecodeClips
-        from raylam.data.pipeline import DatasetInfo, WindowSpec
+        from raylam.data.pipeline import WindowSpec
 
         cfg, stream = self.cfg, self.stream
         rows = ray.get(stream["rows"])
@@ -218,10 +218,9 @@ class WorkerData:
         mine = [rows[i] for i in order[self.rank::self.world]][self.entered:]
         if not mine:
             return
-        info = DatasetInfo(cfg.dataset)
         spec = WindowSpec(frame_stack=cfg.model.frame_stack, max_offset=cfg.model.max_offset,
                           num_labeled=cfg.num_labeled)
-        decode = DecodeClips(spec, info.manifest, info.labeled_episodes(cfg.num_labeled), stream["labeled_only"],
+        decode = DecodeClips(spec, stream["manifest"], stream["labeled_episodes"], stream["labeled_only"],
                              stream["labels"])
         per_block = 4 * cfg.data.clips_per_task
         ds = ray.data.from_items(mine, override_num_blocks=max(1, min(len(mine) // per_block, 1024)))

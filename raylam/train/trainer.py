@@ -96,7 +96,10 @@ def stream_rows(cfg: TrainConfig, info: DatasetInfo, labels: str | None) -> dict
     labeled_only = cfg.stage in LABELED_STAGES
     labeled = set(info.labeled_episodes(cfg.num_labeled)) if labeled_only else None
     rows = fetch_rows(random_clip_order(clip_index(info, "train", cfg.data.read_cpus), labeled, None))
-    return {"rows": ray.put(rows), "num_rows": len(rows), "labels": labels, "labeled_only": labeled_only}
+    # the manifest travels with the rows: a worker runs in a directory of its own, where the
+    # dataset's path (relative, as users write it) means nothing
+    return {"rows": ray.put(rows), "num_rows": len(rows), "labels": labels, "labeled_only": labeled_only,
+            "manifest": info.manifest, "labeled_episodes": info.labeled_episodes(cfg.num_labeled)}
 
 
 def data_mode(cfg: TrainConfig, info: DatasetInfo) -> str:
