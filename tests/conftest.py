@@ -104,3 +104,30 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "ray_local" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.slow)
+
+
+def run_cluster_script(script, args: list[str], out, timeout: float) -> dict:
+    """Run a script that builds its own ``ray.cluster_utils.Cluster`` in a subprocess (so it never
+    meets the session's local Ray; its own Ray temp dir keeps other ray.init() calls from finding
+    it) and return the ``result.json`` it writes in ``out``, failing with its stderr if it did not
+    finish cleanly."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    ray_tmp = tempfile.mkdtemp(prefix="rcs", dir="/tmp")  # short: socket paths
+    env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "RAY_TMPDIR": ray_tmp}
+    root = Path(__file__).resolve().parents[1]
+    try:
+        proc = subprocess.run([sys.executable, str(script), str(out), *args], cwd=root, env=env,
+                              capture_output=True, text=True, timeout=timeout)
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    result_file = Path(out) / "result.json"
+    assert result_file.exists(), proc.stderr[-4000:]
+    result = json.loads(result_file.read_text())
+    assert proc.returncode == 0, (proc.stderr[-4000:], result)
+    return result

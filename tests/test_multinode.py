@@ -3,35 +3,18 @@ session's local Ray is untouched) loses a worker node mid-trial and still finish
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import subprocess
-import sys
-import tempfile
 from pathlib import Path
 
 import pytest
+from conftest import run_cluster_script
 
 SCRIPT = Path(__file__).resolve().parent / "multinode_sweep.py"
-ROOT = SCRIPT.parents[1]
 
 
 @pytest.mark.slow
 def test_sweep_spreads_over_nodes_and_survives_losing_one(tmp_path):
-    out = tmp_path / "multinode"
-    # its own Ray temp dir: the Cluster's address file must not lead other ray.init() calls to it
-    ray_tmp = tempfile.mkdtemp(prefix="rmn", dir="/tmp")
-    env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "RAY_TMPDIR": ray_tmp}
-    try:
-        proc = subprocess.run([sys.executable, str(SCRIPT), str(out)], cwd=ROOT, env=env, capture_output=True,
-                              text=True, timeout=420)
-    finally:
-        shutil.rmtree(ray_tmp, ignore_errors=True)
-    result_file = out / "result.json"
-    assert result_file.exists(), proc.stderr[-4000:]
-    result = json.loads(result_file.read_text())
-    assert proc.returncode == 0 and "summary" in result, (proc.stderr[-4000:], result)
+    result = run_cluster_script(SCRIPT, [], tmp_path / "multinode", timeout=420)
+    assert "summary" in result, result
 
     summary, trials, chaos = result["summary"], result["trials"], result["chaos"]
     assert "error" not in chaos, chaos

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 import pytest
+from conftest import run_cluster_script
+from test_pipeline import tiny_overrides
 
 from raylam.cli import main
 from raylam.data.storage import resolve
@@ -24,14 +26,9 @@ pytestmark = pytest.mark.slow
 
 
 def s3_overrides(bucket: str) -> list[str]:
-    data, runs = f"{bucket}/data", f"{bucket}/runs"
+    """The tiny quickstart of test_pipeline with everything in ``bucket``, run for 4 steps."""
     return [
-        f"collect.output={data}", "collect.episodes=3", "collect.heldout_episodes=1", "collect.num_labeled=1",
-        "collect.env.episode_length=40", "collect.clip_length=32", "collect.progress=false",
-        f"train.dataset={data}", f"train.storage_path={runs}", "train.steps=4", "train.report_every=1",
-        "train.checkpoint_every=2", "train.batch_size=8", "train.labeled_batch_size=4", "train.data.read_cpus=0.5",
-        "evaluate.rollout.episodes=1", "evaluate.rollout.episode_length=20", "evaluate.rollout.strip_frames=3",
-        "evaluate.rollout.num_actors=1", "evaluate.probe.max_fit_windows=64", "evaluate.probe.batch_size=32",
+        *tiny_overrides(bucket), "train.steps=4",
         "evaluate.rollout.settings=[vanilla]", "train.cpus_per_worker=0.5", "concurrent_stages=2",
         # the LAM loses its worker at step 3 and resumes from the step-2 checkpoint on S3 (its uploads
         # synchronous under the test hook); the other stages upload their checkpoints asynchronously
@@ -77,25 +74,9 @@ def test_pipeline_on_s3(ray_with_s3, tmp_path, monkeypatch):
 def test_multinode_training_with_storage_only_on_s3(s3_server, tmp_path):
     """A 3-node Cluster (head without CPUs) in a subprocess: local paths are refused; with data and
     runs on S3, a 2-node DDP stage survives a worker failure and relabeling writes from the workers."""
-    import os
-    import shutil
-    import subprocess
-    import sys
-    import tempfile
-
     bucket = s3_server()
-    out = tmp_path / "multinode"
-    ray_tmp = tempfile.mkdtemp(prefix="rs3", dir="/tmp")
-    env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "RAY_TMPDIR": ray_tmp}
-    try:
-        proc = subprocess.run([sys.executable, str(ROOT / "tests" / "multinode_s3.py"), str(out), bucket],
-                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    finally:
-        shutil.rmtree(ray_tmp, ignore_errors=True)
-    result_file = out / "result.json"
-    assert result_file.exists(), proc.stderr[-4000:]
-    result = json.loads(result_file.read_text())
-    assert proc.returncode == 0 and "train" in result, (proc.stderr[-4000:], result)
+    result = run_cluster_script(ROOT / "tests" / "multinode_s3.py", [bucket], tmp_path / "multinode", timeout=600)
+    assert "train" in result, result
 
     code, message = result["local_refused"]
     assert code == 2 and "train.storage_path" in message and "is a local path" in message, message

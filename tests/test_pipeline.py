@@ -27,8 +27,9 @@ QUICKSTART = str(ROOT / "configs" / "quickstart.yaml")
 METHODS = ["laom_sup", "bc"]
 
 
-def tiny_overrides(tmp: Path) -> list[str]:
-    data, runs = tmp / "data", tmp / "runs"
+def tiny_overrides(tmp: Path | str) -> list[str]:
+    """The tiny quickstart under ``tmp`` (a local folder or a bucket URI): data and runs beneath it."""
+    data, runs = f"{str(tmp).rstrip('/')}/data", f"{str(tmp).rstrip('/')}/runs"
     return [
         f"collect.output={data}", "collect.episodes=3", "collect.heldout_episodes=1", "collect.num_labeled=1",
         "collect.env.episode_length=40", "collect.clip_length=32", "collect.progress=false",

@@ -111,3 +111,15 @@ def fetch_rows(rows: list[dict]) -> list[dict]:
     what decoding reads)."""
     return [{"url": r["url"], "key": r["key"], "offset": r["offset"], "length": r["length"],
              "members": json.dumps(r["members"])} for r in rows]
+
+
+def clip_stream_dataset(items: list[dict], decode, clips_per_task: int, num_cpus: float):
+    """A Ray Dataset over ``items`` (:func:`fetch_rows`, in their order) that fetches and decodes each
+    clip with ``decode`` (a :class:`DecodeClips`): blocks of a few decode tasks' worth of clips."""
+    import ray
+
+    from raylam.data.clips import CLIP_MEMBERS
+
+    blocks = max(1, min(len(items) // (4 * clips_per_task), 1024))
+    return ray.data.from_items(items, override_num_blocks=blocks).map_batches(FetchClips(decode, CLIP_MEMBERS), batch_size=clips_per_task, batch_format="numpy",
+                             num_cpus=num_cpus)

@@ -144,19 +144,14 @@ def clip_dataset(info: DatasetInfo, spec: WindowSpec, split: str = "train", labe
     """
     decode = DecodeClips(spec, info.manifest, info.labeled_episodes(spec.num_labeled), labeled_only, labels)
     if order == "clips":
-        import ray
-
-        from raylam.data.clip_index import FetchClips, clip_index, fetch_rows, random_clip_order
+        from raylam.data.clip_index import clip_index, clip_stream_dataset, fetch_rows, random_clip_order
 
         info.check_windows(spec)
         labeled = set(info.labeled_episodes(spec.num_labeled)) if labeled_only else None
         rows = random_clip_order(clip_index(info, split, num_cpus), labeled, shuffle_seed)
         if not rows:
             raise ValueError(f"dataset {info.uri}: the {split} split has no {'labeled ' if labeled_only else ''}clips")
-        blocks = max(1, min(len(rows) // (4 * clips_per_task), 1024))
-        items = ray.data.from_items(fetch_rows(rows), override_num_blocks=blocks)
-        return items.map_batches(FetchClips(decode, CLIP_MEMBERS), batch_size=clips_per_task, batch_format="numpy",
-                                 num_cpus=num_cpus)
+        return clip_stream_dataset(fetch_rows(rows), decode, clips_per_task, num_cpus)
     if order != "shards":
         raise ValueError(f"order: got {order!r}, expected 'shards' or 'clips'")
     ds = read_shards(info, spec, split, labeled_only, shuffle_seed, num_cpus, suffixes=CLIP_MEMBERS)

@@ -208,8 +208,8 @@ class WorkerData:
         import numpy as np
         import ray
 
-        from raylam.data.clip_index import FetchClips
-        from raylam.data.clips import CLIP_MEMBERS, DecodeClips
+        from raylam.data.clip_index import clip_stream_dataset
+        from raylam.data.clips import DecodeClips
         from raylam.data.pipeline import WindowSpec
 
         cfg, stream = self.cfg, self.stream
@@ -222,10 +222,7 @@ class WorkerData:
                           num_labeled=cfg.num_labeled)
         decode = DecodeClips(spec, stream["manifest"], stream["labeled_episodes"], stream["labeled_only"],
                              stream["labels"])
-        per_block = 4 * cfg.data.clips_per_task
-        ds = ray.data.from_items(mine, override_num_blocks=max(1, min(len(mine) // per_block, 1024)))
-        ds = ds.map_batches(FetchClips(decode, CLIP_MEMBERS), batch_size=cfg.data.clips_per_task,
-                            batch_format="numpy", num_cpus=cfg.data.read_cpus)
+        ds = clip_stream_dataset(mine, decode, cfg.data.clips_per_task, cfg.data.read_cpus)
         if cfg.data.max_cpus is not None:  # the same cap Train's DataConfig puts on its datasets
             limits = ds.context.execution_options.resource_limits
             ds.context.execution_options.resource_limits = limits.copy(cpu=cfg.data.max_cpus)
