@@ -128,8 +128,8 @@ def measure_data_cost(args, info, results) -> None:
 
     spec = WindowSpec()
     clip_index(info, "train")  # built once per process (a pipeline's stages share it): not an epoch's cost
-    for order in ("shards", "clips"):
-        ds = clip_dataset(info, spec, clips_per_task=4, num_cpus=1, order=order)
+    for order, per_task in [("shards", args.clips_per_task[0])] + [("clips", n) for n in args.clips_per_task]:
+        ds = clip_dataset(info, spec, clips_per_task=per_task, num_cpus=1, order=order)
         before, wall = cpu_seconds_of_ray(), time.perf_counter()
         consumer_before = time.process_time()
         windows = 0
@@ -139,10 +139,11 @@ def measure_data_cost(args, info, results) -> None:
             windows += len(batch)
         consumer = time.process_time() - consumer_before
         ray_cpu = cpu_seconds_of_ray() - before
-        results[f"{order}: stream_windows"] = windows
-        results[f"{order}: data_cpu_ms_per_sample"] = 1e3 * (ray_cpu + consumer) / windows
-        results[f"{order}: data_consumer_cpu_ms_per_sample"] = 1e3 * consumer / windows
-        results[f"{order}: stream_wall_windows_per_s"] = windows / (time.perf_counter() - wall)
+        key = f"{order}, {per_task} clips per task"
+        results[f"{key}: stream_windows"] = windows
+        results[f"{key}: data_cpu_ms_per_sample"] = 1e3 * (ray_cpu + consumer) / windows
+        results[f"{key}: data_consumer_cpu_ms_per_sample"] = 1e3 * consumer / windows
+        results[f"{key}: stream_wall_windows_per_s"] = windows / (time.perf_counter() - wall)
     del ray
 
     # decode alone, one shard, in this process
@@ -194,6 +195,10 @@ def main() -> None:
     parser.add_argument("--mixing-episode-length", type=int, default=200,
                         help="steps per episode (clips of 32 frames overlapping by 12: 10 clips per 200 steps)")
     parser.add_argument("--skip", nargs="*", default=[], choices=("train", "cost", "mixing"))
+    parser.add_argument("--clips-per-task", type=int, nargs="+", default=[4],
+                        help="(b): clips decoded per Ray Data task, one clip-order epoch for each")
+    parser.add_argument("--frames-format", default="mp4", choices=("mp4", "npy"),
+                        help="frames of the synthetic dataset made when --data does not exist")
     args = parser.parse_args()
 
     import ray
@@ -201,7 +206,7 @@ def main() -> None:
     if not os.path.exists(os.path.join(args.data, "manifest.json")):
         write_synthetic_dataset(args.data, episodes=24, episode_length=200, image_size=args.size, clip_length=64,
                                 overlap=12, num_labeled=4, episodes_per_shard=4, heldout_episodes=2,
-                                frames_format="mp4")
+                                frames_format=args.frames_format)
     info = DatasetInfo(args.data)
     ray.init(include_dashboard=False, log_to_driver=False)
     configure_data_context(False)

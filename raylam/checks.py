@@ -105,7 +105,7 @@ def check_experiment(exp, command: str) -> None:
             if stage.dataset not in seen:
                 check_reachable(stage.dataset, f"stages[{i}] ({entry['run_name']}).dataset")
                 seen.add(stage.dataset)
-            if not collects or stage.dataset != exp.collect.output:  # pipeline: collected first
+            if stage.kind.trains and (not collects or stage.dataset != exp.collect.output):  # pipeline: collected first
                 check_label_budget(stage.dataset, stage.num_labeled, f"stages[{i}] ({entry['run_name']}).num_labeled")
     if command in ("evaluate", "pipeline"):
         check_output_dir(exp.evaluate.output, "evaluate.output")

@@ -91,7 +91,7 @@ def cmd_train(args) -> int:
     plan = [(seed, i) for seed in cfg.seed_list() for i in indices]
     for k, (seed, i) in enumerate(plan, 1):
         stage = cfg.stage(i, seed)
-        what = f"labels from {stage.lam_run}" if stage.stage == "relabel" else stage.model.method
+        what = f"labels from {stage.lam_run}" if not stage.kind.trains else stage.model.method
         print(f"== stage {k}/{len(plan)} {stage.run_name}: {stage.stage} ({what}, seed {seed}) -> "
               f"{stage.storage_path}/{stage.run_name}", flush=True)
         result = train(stage, cfg.name, fresh=args.force, label=f"[{k}/{len(plan)}] {stage.run_name}")

@@ -21,6 +21,18 @@ def connect() -> None:
         ray.init()
 
 
+def cluster_resources() -> dict[str, float]:
+    """The resources of the cluster this process is connected to. Library code never calls
+    ``ray.init``: like Ray's own APIs (``ray.get``, Ray Data, Train) it connects on first use
+    through Ray's auto-init (``RAY_ADDRESS``, else a local Ray; ``RAY_ENABLE_AUTO_CONNECT=0``
+    turns that off), which ``ray.get_runtime_context`` triggers and ``ray.cluster_resources``
+    does not."""
+    import ray
+
+    ray.get_runtime_context()
+    return ray.cluster_resources()
+
+
 def is_multi_node() -> bool:
     """True when the connected cluster has more than one node now, or its autoscaler may add some."""
     import ray

@@ -29,7 +29,7 @@ from raylam.config import ConfigError, apply_overrides, from_dict, load_yaml, sp
 from raylam.data.config import CollectConfig
 from raylam.data.ingest.config import IngestConfig
 from raylam.eval.config import EvalConfig
-from raylam.train.config import UPSTREAM_FIELDS, TrainConfig
+from raylam.train.config import UPSTREAM_FIELDS, StageConfig, TrainConfig, inherited, stage_config
 from raylam.tune.config import TuneConfig
 
 
@@ -113,23 +113,23 @@ class ExperimentConfig:
         """``{training seed: its run root}`` for every seed, in order."""
         return {seed: self.seed_root(seed) for seed in self.seed_list()}
 
-    def stage(self, index: int, seed: int | None = None) -> TrainConfig:
-        """The full TrainConfig of stage ``index`` for training seed ``seed`` (default: the first
+    def stage(self, index: int, seed: int | None = None) -> StageConfig:
+        """The full config of stage ``index`` for training seed ``seed`` (default: the first
         of ``seeds``): ``train`` with the stage's changes on top, in that seed's run root."""
-        entry = self.stages[index]
+        entry = copy.deepcopy(self.stages[index])
         seed = self.seed_list()[0] if seed is None else seed
-        merged = deep_merge(to_dict(self.train), entry)
-        merged["seed"] = seed
+        entry["seed"] = seed
         prefix = self.seed_root(seed)
+        shared = to_dict(self.train)
         for key in UPSTREAM_FIELDS:  # a bare name refers to a stage of this experiment
-            value = merged.get(key)
+            value = entry.get(key, inherited(shared, entry).get(key))
             if isinstance(value, str) and "/" not in value:
                 if value not in [s["run_name"] for s in self.stages[:index]]:
                     raise ConfigError(f"stages[{index}].{key}: {value!r} is not an earlier stage of this experiment")
-                merged[key] = f"{prefix}/{value}"
-        merged["storage_path"] = prefix
+                entry[key] = f"{prefix}/{value}"
+        entry["storage_path"] = prefix
         try:
-            return from_dict(TrainConfig, merged)
+            return stage_config(shared, entry)
         except ConfigError as err:
             raise ConfigError(f"stages[{index}] ({entry.get('run_name')}): {err}") from None
 
@@ -222,8 +222,9 @@ def load_experiment(path: str | Path | None, overrides: list[str] | tuple[str, .
     overrides = [o for o in overrides if not o.startswith("stages.")]
     data = apply_overrides(data, overrides)
     extra = train_overrides(overrides)
-    if extra and data.get("stages"):  # command-line train.* beats what a stage says
-        data["stages"] = [deep_merge(stage, extra) for stage in data["stages"]]
+    if extra and data.get("stages"):  # command-line train.* beats what a stage says (what the stage takes of it)
+        data["stages"] = [deep_merge(stage, inherited(extra, stage)) if isinstance(stage, dict) else stage
+                          for stage in data["stages"]]
     if per_stage:  # stages.<run_name>.key=value beats both
         data["stages"] = edit_stages(data.get("stages"), apply_overrides({}, per_stage), "override stages")
     try:

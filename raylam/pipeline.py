@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 
-from raylam.cluster import require_cluster_paths
+from raylam.cluster import cluster_resources, require_cluster_paths
 from raylam.config import ConfigError, to_dict
 from raylam.experiment import ExperimentConfig
 from raylam.train.config import UPSTREAM_FIELDS
@@ -79,7 +79,7 @@ def stage_inputs(exp: ExperimentConfig, index: int) -> list[int]:
     """Indices of the earlier stages stage ``index`` reads (its LAM, labels, policy)."""
     names = [s["run_name"] for s in exp.stages]
     entry = exp.stages[index]
-    return [names.index(entry[key]) for key in ("lam_run", "labels", "policy_run")
+    return [names.index(entry[key]) for key in UPSTREAM_FIELDS
             if isinstance(entry.get(key), str) and entry[key] in names[:index]]
 
 
@@ -89,7 +89,6 @@ def concurrent_stages(exp: ExperimentConfig) -> int:
     where a stage already uses the machine's CPUs."""
     if exp.concurrent_stages is not None:
         return exp.concurrent_stages
-    import ray
 
     try:
         from ray._private.state import state
@@ -97,7 +96,7 @@ def concurrent_stages(exp: ExperimentConfig) -> int:
         most = state.get_max_resources_from_cluster_config() or {}
     except Exception:
         most = {}
-    gpus = most.get("GPU") or ray.cluster_resources().get("GPU", 0)
+    gpus = most.get("GPU") or cluster_resources().get("GPU", 0)
     per_stage = exp.train.num_workers * exp.train.gpus_per_worker if exp.train.use_gpu else 0
     return max(1, int(gpus // per_stage)) if per_stage else 1
 
@@ -127,7 +126,7 @@ def run_stages(exp: ExperimentConfig, stages: list[int], force: bool, timings: d
         if not force and stage_is_done(stage):
             print(f"== stage {k}/{total} {label(*job)}: already done with this config, skipped", flush=True)
             return None
-        what = f"labels from {stage.lam_run}" if stage.stage == "relabel" else stage.model.method
+        what = f"labels from {stage.lam_run}" if not stage.kind.trains else stage.model.method
         print(f"== stage {k}/{total} {label(*job)}: {stage.stage} ({what}, seed {seed})", flush=True)
         return stage
 
@@ -140,7 +139,7 @@ def run_stages(exp: ExperimentConfig, stages: list[int], force: bool, timings: d
                 timings[label(*job)] = time.perf_counter() - t
                 print(f"== stage {label(*job)} done ({timings[label(*job)]:.0f} s)", flush=True)
         return
-    head = {"head": 0.001} if ray.cluster_resources().get("head") else {}
+    head = {"head": 0.001} if cluster_resources().get("head") else {}
     remote_train = ray.remote(_train_stage).options(num_cpus=0, max_retries=0, resources=head)
     pending, started = list(jobs), 0
     print(f"== {total} stages, up to {limit} at once", flush=True)

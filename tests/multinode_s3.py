@@ -67,8 +67,7 @@ def main(out: Path, bucket: str) -> int:
         "stages": [
             {"run_name": "laom_sup", "stage": "lam", "model": {"method": "laom_sup"}, "fail_at_step": 3,
              "wandb": {"enabled": True, "mode": "offline", "project": "raylam-test"}},
-            {"run_name": "labels", "stage": "relabel", "lam_run": "laom_sup", "batch_size": 32, "num_workers": 1,
-             "resources_per_worker": {}},
+            {"run_name": "labels", "stage": "relabel", "lam_run": "laom_sup", "batch_size": 32, "max_actors": 1},
         ],
     }))
     cluster = Cluster(initialize_head=True, connect=False,

@@ -264,3 +264,37 @@ def test_one_stage_overridden_from_the_command_line():
         load_experiment(QUICKSTART, ["stages.laomx.steps=3"])
     with pytest.raises(ConfigError, match=r"stages\[0\] \(laom_sup\): model.sup_coef: got -1"):
         load_experiment(QUICKSTART, ["stages.laom_sup.model.sup_coef=-1"])
+
+
+def test_a_relabel_stage_has_its_own_config():
+    """Relabeling trains nothing: the shared training batch, worker count and step budget never
+    reach it; it takes the dataset, storage, GPU use and decode settings, and its own fields."""
+    from raylam.train.config import RelabelConfig, TrainConfig
+
+    cfg = load_experiment(QUICKSTART, ["train.batch_size=64", "train.num_workers=2", "train.steps=50",
+                                       "train.use_gpu=true", "train.data.read_cpus=0.5"])
+    labels = cfg.stage(cfg.stage_index("laom_sup_labels"))
+    assert isinstance(labels, RelabelConfig) and isinstance(cfg.stage(0), TrainConfig)
+    assert labels.batch_size == 128  # the stage's own inference batch (quickstart.yaml), not train.batch_size
+    assert labels.max_actors == 1 and labels.use_gpu and labels.data.read_cpus == 0.5
+    assert labels.lam_run == "runs/quickstart/laom_sup" and labels.storage_path == "runs/quickstart"
+    assert cfg.stage(0).batch_size == 64 and cfg.stage(0).num_workers == 2
+    wider = load_experiment(QUICKSTART, ["stages.laom_sup_labels.max_actors=4"])
+    assert wider.stage(wider.stage_index("laom_sup_labels")).max_actors == 4
+    with pytest.raises(ConfigError, match=r"stages\[\d+\] \(laom_sup_labels\).*steps"):
+        load_experiment(QUICKSTART, ["stages.laom_sup_labels.steps=10"])  # a training field: not relabel's
+
+
+def test_library_code_never_calls_ray_init():
+    """Connecting is the entry point's business (the CLI, through raylam.cluster.connect); library
+    functions use Ray's own connect-on-first-use, so a caller's ray.init(...) is never overridden."""
+    import ast
+
+    root = Path(__file__).resolve().parents[1] / "raylam"
+    callers = set()
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "init" \
+                    and isinstance(node.func.value, ast.Name) and node.func.value.id == "ray":
+                callers.add(path.relative_to(root).as_posix())
+    assert callers == {"cluster.py"}

@@ -4,7 +4,7 @@ import json
 
 from raylam.config import from_dict, to_dict
 from raylam.pipeline import stage_is_done
-from raylam.train.config import TrainConfig
+from raylam.train.config import RelabelConfig, TrainConfig
 from raylam.train.identity import stage_identity
 
 
@@ -63,8 +63,8 @@ def test_a_retrained_upstream_makes_downstream_stale(tmp_path):
     runs = tmp_path / "runs"
     lam = from_dict(TrainConfig, {"dataset": str(data), "storage_path": str(runs), "run_name": "lam"})
     _finish(lam, finished="2026-01-01T00:00:00")
-    relabel = from_dict(TrainConfig, {"dataset": str(data), "storage_path": str(runs), "run_name": "labels",
-                                      "stage": "relabel", "lam_run": str(runs / "lam")})
+    relabel = from_dict(RelabelConfig, {"dataset": str(data), "storage_path": str(runs), "run_name": "labels",
+                                        "lam_run": str(runs / "lam")})
     _finish(relabel)
     assert stage_is_done(lam) and stage_is_done(relabel)
     retrained = from_dict(TrainConfig, {**to_dict(lam), "steps": lam.steps + 1})
@@ -79,8 +79,8 @@ def test_a_missing_input_makes_a_stage_stale(tmp_path):
     runs = tmp_path / "runs"
     lam = from_dict(TrainConfig, {"dataset": str(data), "storage_path": str(runs), "run_name": "lam"})
     _finish(lam)
-    relabel = from_dict(TrainConfig, {"dataset": str(data), "storage_path": str(runs), "run_name": "labels",
-                                      "stage": "relabel", "lam_run": str(runs / "lam")})
+    relabel = from_dict(RelabelConfig, {"dataset": str(data), "storage_path": str(runs), "run_name": "labels",
+                                        "lam_run": str(runs / "lam")})
     _finish(relabel)
     (runs / "lam" / "artifact.json").unlink()
     assert not stage_is_done(relabel)

@@ -13,7 +13,7 @@ from raylam.data.clips import clip_dataset
 from raylam.data.pipeline import DatasetInfo, WindowSpec
 from raylam.data.synthetic import write_synthetic_dataset
 from raylam.models.config import ModelConfig
-from raylam.train.config import TrainConfig
+from raylam.train.config import RelabelConfig, TrainConfig
 from raylam.train.metrics import read_metrics
 from raylam.train.trainer import ARTIFACT, train
 
@@ -35,6 +35,11 @@ def train_config(dataset, storage, **changes) -> TrainConfig:
     }
     data.update(changes)
     return from_dict(TrainConfig, data)
+
+
+def relabel_config(dataset, storage, **changes) -> RelabelConfig:
+    return from_dict(RelabelConfig, {"dataset": dataset, "storage_path": str(storage),
+                                     "data": {"clips_per_task": 2, "read_cpus": 0.5}, **changes})
 
 
 def test_clip_stream_and_labeled_stream(ray_local, synthetic):
@@ -214,8 +219,7 @@ def test_lapo_stage_and_relabel_with_quantized_latents(ray_local, synthetic, tmp
     result = train(train_config(dataset, runs, run_name="lapo", model=to_dict(lapo), steps=2, keep_checkpoints=1))
     assert np.isfinite(result.metrics["loss"])
     assert len([p for p in (runs / "lapo").glob("train-*/checkpoint_*") if p.is_dir()]) == 1  # keep_checkpoints
-    relabeled = train(train_config(dataset, runs, stage="relabel", run_name="labels", lam_run=str(runs / "lapo"),
-                                   batch_size=32))
+    relabeled = train(relabel_config(dataset, runs, run_name="labels", lam_run=str(runs / "lapo"), batch_size=32))
     table = pq.read_table(relabeled["labels"])
     assert table.num_rows == manifest["num_transitions"] - manifest["num_episodes"]
     assert len({(int(e), int(s)) for e, s in zip(table["episode"].to_numpy(), table["step"].to_numpy(),
@@ -231,4 +235,4 @@ def test_lapo_stage_and_relabel_with_quantized_latents(ray_local, synthetic, tmp
         train(train_config(dataset, runs, stage="latent_bc", run_name="x", labels=str(runs / "lapo"),
                            model=to_dict(ModelConfig.small("latent_bc"))))
     with pytest.raises(FileNotFoundError, match="not a finished raylam run"):
-        train(train_config(dataset, runs, stage="relabel", run_name="y", lam_run=str(runs / "missing")))
+        train(relabel_config(dataset, runs, run_name="y", lam_run=str(runs / "missing")))

@@ -229,8 +229,6 @@ def collect(cfg: CollectConfig) -> dict:
     todo = [plan for plan in plans if plan.index not in done]
     labeled = frozenset(label_order(cfg))
 
-    if not ray.is_initialized():
-        ray.init()
     # null: every shard is submitted at once; Ray runs as many as there are CPUs and the pending
     # rest is the demand an autoscaling cluster scales up for (a cluster may start with no workers)
     workers = cfg.num_workers or max(1, len(todo))

@@ -77,12 +77,9 @@ def evaluate_methods(cfg: EvalConfig, run_root: str | Mapping[int, str], output:
     directory}`` for several seeds (each seed's rows also go to ``<output>/seed<k>/results.json``).
     Every row's ``seed`` is the training seed its run's artifact records.
     """
-    import ray
 
     from raylam.eval.report import write_report
 
-    if not ray.is_initialized():
-        ray.init()
     start = time.perf_counter()
     roots = {None: run_root} if isinstance(run_root, str) else dict(run_root)
     if not roots:

@@ -23,6 +23,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from raylam.cluster import cluster_resources
 from raylam.data.pipeline import DatasetInfo, WindowSpec, configure_data_context, window_dataset
 from raylam.eval.config import ProbeConfig
 from raylam.models import Batch, Moments, RidgeFit
@@ -193,16 +194,13 @@ def probe_run(run_dir: str, cfg: ProbeConfig, dataset: str | None = None) -> dic
     reason}`` (imported data without states or actions; rows without actions are left out); R^2 is 1 - SSE/SST
     per dimension (0 = predicting the held-out mean), overall MSE and R^2 are means over dimensions.
     """
-    import ray
 
     start = time.perf_counter()
     meta, artifact = _run_meta(run_dir)
     info = DatasetInfo(dataset or artifact["dataset"])
     _check_splits(info, cfg)
-    if not ray.is_initialized():
-        ray.init()
     configure_data_context(False)
-    use_gpu = cfg.use_gpu if cfg.use_gpu is not None else ray.cluster_resources().get("GPU", 0) > 0
+    use_gpu = cfg.use_gpu if cfg.use_gpu is not None else cluster_resources().get("GPU", 0) > 0
     frame_stack = meta["model"]["frame_stack"]
     spec = WindowSpec(frame_stack=frame_stack, max_offset=1, seed=0)
 

@@ -502,7 +502,6 @@ def evaluate_online(agent: dict, env: EnvConfig, cfg: RolloutConfig, progress: s
     """
     import uuid
 
-    import ray
     from tqdm.auto import tqdm
 
     from raylam.data.storage import resolve
@@ -511,8 +510,6 @@ def evaluate_online(agent: dict, env: EnvConfig, cfg: RolloutConfig, progress: s
     if cfg.episodes == 0 or not cfg.settings:
         return []
     _device_check(cfg)
-    if not ray.is_initialized():
-        ray.init()
     location = None
     if progress is not None:
         location = resolve(progress)

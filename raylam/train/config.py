@@ -4,35 +4,38 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from raylam.config import ConfigError, spec
+from raylam.config import ConfigError, from_dict, spec
 from raylam.models.config import LAMS, ModelConfig
 
 
 @dataclass(frozen=True)
 class StageKind:
-    """One kind of stage: what it trains, which episodes it reads, which earlier run it needs."""
+    """One kind of stage: what it trains, which streams it reads, which earlier run it needs."""
 
     methods: tuple[str, ...]  # model methods it may train; () for relabel, which trains nothing
-    labeled_only: bool  # reads only the labeled episodes (the rest have no actions to learn from)
+    labeled_only: bool  # its training stream holds only the labeled episodes (the rest have no actions)
+    labeled_stream: tuple[str, ...] = ()  # methods that also read the labeled episodes as a second stream
+    reads_labels: bool = False  # joins a relabel stage's latents to its windows
+    trains: bool = True  # a Ray Train run (relabel: Ray Data batch inference)
     needs: tuple[str, ...] = ()  # run fields naming the upstream run it reads (one of them must be set)
     needs_what: str = ""  # what that upstream run is, for the error message
 
 
 STAGE_KINDS: dict[str, StageKind] = {
-    "lam": StageKind(LAMS, labeled_only=False),
+    "lam": StageKind(LAMS, labeled_only=False, labeled_stream=("laom_sup",)),
     "idm": StageKind(("idm",), labeled_only=True),
-    "relabel": StageKind((), labeled_only=False, needs=("lam_run",),
+    "relabel": StageKind((), labeled_only=False, trains=False, needs=("lam_run",),
                          needs_what="the run directory of a trained LAM or IDM"),
-    "latent_bc": StageKind(("latent_bc",), labeled_only=False, needs=("labels",),
+    "latent_bc": StageKind(("latent_bc",), labeled_only=False, reads_labels=True, needs=("labels",),
                            needs_what="the output directory of a relabel stage"),
-    "action_decoder": StageKind(("action_decoder",), labeled_only=True, needs=("policy_run", "labels"),
+    "action_decoder": StageKind(("action_decoder",), labeled_only=True, reads_labels=True,
+                                needs=("policy_run", "labels"),
                                 needs_what="the latent-BC run it decodes (or labels: a relabel stage, to decode "
                                            "the LAM's z instead)"),
     "bc": StageKind(("bc",), labeled_only=True),
 }
 STAGES = tuple(STAGE_KINDS)
-STAGE_METHODS = {name: kind.methods for name, kind in STAGE_KINDS.items()}
-LABELED_STAGES = tuple(name for name, kind in STAGE_KINDS.items() if kind.labeled_only)
+TRAINED_STAGES = tuple(name for name, kind in STAGE_KINDS.items() if kind.trains)
 # the run fields by which a stage names an earlier one
 UPSTREAM_FIELDS = tuple(dict.fromkeys(field for kind in STAGE_KINDS.values() for field in kind.needs))
 
@@ -76,13 +79,15 @@ class WandbConfig:
 class TrainConfig:
     """One stage: which data, which model, how many workers, how long, where results go."""
 
-    stage: str = spec("lam", choices=STAGES, help="what this run trains (or relabel)")
+    stage: str = spec("lam", choices=TRAINED_STAGES, help="what this run trains (a relabel stage has its own "
+                                                          "config: RelabelConfig)")
     dataset: str = spec("data/quickstart", help="dataset directory or URI written by `raylam collect`")
     model: ModelConfig = spec(ModelConfig(), help="model; model.method selects the method")
     num_labeled: int | None = spec(None, ge=0, help="label budget (first n of the dataset's order); null: all")
     storage_path: str = spec("runs", help="where runs live: local directory or s3:// / gs:// URI")
     run_name: str | None = spec(None, help="run directory name; null: <experiment>-<stage>-<method>")
-    lam_run: str | None = spec(None, help="relabel: run directory of the LAM (or IDM) to label with")
+    lam_run: str | None = spec(None, help="the LAM a stage reads (set by the stage table; relabel stages: "
+                                         "RelabelConfig.lam_run)")
     labels: str | None = spec(None, help="latent_bc: directory written by the relabel stage (action_decoder: "
                                          "the LAM's z as inputs instead of the policy's outputs)")
     policy_run: str | None = spec(None, help="action_decoder: the frozen latent-BC run whose outputs the decoder "
@@ -133,6 +138,10 @@ class TrainConfig:
                                                     "on an event, not on timing")
     wait_for_file: str | None = spec(None, help="test hook: the file wait_at_step waits for")
 
+    @property
+    def kind(self) -> StageKind:
+        return STAGE_KINDS[self.stage]
+
     def validate(self) -> None:
         allowed = STAGE_KINDS[self.stage].methods
         if allowed and self.model.method not in allowed:
@@ -157,3 +166,76 @@ class TrainConfig:
             if getattr(self, name) % self.num_workers:
                 raise ConfigError(f"{name}: got {getattr(self, name)}, expected a multiple of num_workers "
                                   f"({self.num_workers}): each worker takes an equal share of the job's batch")
+
+
+@dataclass
+class RelabelDataConfig:
+    clips_per_task: int = spec(4, ge=1, help="clips decoded per Ray Data map task")
+    read_cpus: float = spec(1.0, gt=0.0, help="CPUs per Ray Data decode task")
+
+
+@dataclass
+class RelabelConfig:
+    """A relabel stage: a trained LAM (or IDM) labels every transition by Ray Data batch inference.
+    It trains nothing, so it has its own fields: a training batch size or a DDP worker count never
+    reaches it with another meaning. From the experiment's shared ``train`` section it takes only
+    what means the same here (:data:`RELABEL_INHERITS`)."""
+
+    stage: str = spec("relabel", choices=("relabel",))
+    dataset: str = spec("data/quickstart", help="dataset directory or URI")
+    lam_run: str | None = spec(None, help="run directory of the LAM (or IDM) that labels")
+    storage_path: str = spec("runs", help="where runs live: local directory or s3:// / gs:// URI")
+    run_name: str | None = spec(None, help="output directory name; null: <experiment>-relabel")
+    batch_size: int = spec(256, ge=1, help="windows per inference call")
+    max_actors: int = spec(1, ge=1, help="labeling actors at most (Ray Data's autoscaling actor pool, 1..max_actors); "
+                                         "each holds the model once")
+    use_gpu: bool = spec(False, help="each actor on one GPU")
+    cpus_per_actor: float = spec(1.0, gt=0.0, help="CPUs per actor without a GPU")
+    data: RelabelDataConfig = spec(RelabelDataConfig())
+
+    @property
+    def kind(self) -> StageKind:
+        return STAGE_KINDS[self.stage]
+
+    def validate(self) -> None:
+        if not self.lam_run:
+            raise ConfigError(f"lam_run: stage relabel needs {STAGE_KINDS['relabel'].needs_what}")
+
+
+# the shared ``train`` settings a relabel stage takes (same meaning in both)
+RELABEL_INHERITS = ("dataset", "storage_path", "use_gpu", "data.clips_per_task", "data.read_cpus")
+StageConfig = TrainConfig | RelabelConfig
+
+
+def is_relabel(entry: dict, shared: dict | None = None) -> bool:
+    return entry.get("stage", (shared or {}).get("stage")) == "relabel"
+
+
+def inherited(shared: dict, entry: dict) -> dict:
+    """What a stage takes from the shared ``train`` settings: all of them, or for a relabel stage
+    only :data:`RELABEL_INHERITS`."""
+    if not is_relabel(entry, shared):
+        return shared
+    out: dict = {}
+    for dotted in RELABEL_INHERITS:
+        *parents, last = dotted.split(".")
+        source, target = shared, out
+        for part in parents:
+            source = source.get(part) if isinstance(source, dict) else None
+            target = target.setdefault(part, {})
+        if isinstance(source, dict) and last in source:
+            target[last] = source[last]
+    return out
+
+
+def stage_config(shared: dict, entry: dict) -> StageConfig:
+    """One stage's config: the shared ``train`` settings (a mapping) with the stage's ``entry`` on
+    top; a :class:`RelabelConfig` for a relabel stage, else a :class:`TrainConfig`."""
+    from raylam.experiment import deep_merge
+
+    merged = deep_merge(inherited(shared, entry), entry)
+    if is_relabel(entry, shared):
+        merged.pop("seed", None)  # labels do not depend on a training seed (the LAM's identity does)
+        merged["stage"] = "relabel"
+        return from_dict(RelabelConfig, merged)
+    return from_dict(TrainConfig, merged)

@@ -29,6 +29,7 @@ PLACEMENT_FIELDS = (
     "report_every", "checkpoint_every", "keep_checkpoints", "max_failures", "wandb", "fail_at_step",
     "step_delay_s", "wait_at_step", "wait_for_file", "log_level", "progress",
     "data.read_cpus", "data.max_cpus", "data.prefetch_batches", "data.progress_bars",
+    "max_actors", "cpus_per_actor",  # a relabel stage's placement
 )
 INPUTS = ("lam_run", "labels", "policy_run")
 
@@ -39,7 +40,7 @@ def stage_identity(cfg) -> str:
     defaults = _without(to_dict(type(cfg)()), PLACEMENT_FIELDS)
     inputs = {"dataset": dataset_identity(cfg.dataset)}
     for key in INPUTS:
-        path = getattr(cfg, key)
+        path = getattr(cfg, key, None)
         if path:
             inputs[key] = run_identity(path)
     return _digest({"config": _changes(config, defaults), "inputs": inputs})

@@ -19,7 +19,7 @@ from raylam.data.pipeline import DatasetInfo, WindowSpec, configure_data_context
 from raylam.data.storage import resolve
 from raylam.models.batch import rows_to_batch
 from raylam.train.artifacts import ARTIFACT, StageResult, load_run
-from raylam.train.config import TrainConfig
+from raylam.train.config import RelabelConfig
 
 LABELS = "labels"
 
@@ -54,7 +54,7 @@ class Labeler:
         })
 
 
-def relabel(cfg: TrainConfig, experiment: str = "raylam") -> StageResult:
+def relabel(cfg: RelabelConfig, experiment: str = "raylam") -> StageResult:
     """Label every transition of the dataset (train and held-out splits); returns the artifact."""
     import ray
 
@@ -63,8 +63,6 @@ def relabel(cfg: TrainConfig, experiment: str = "raylam") -> StageResult:
 
     info = DatasetInfo(cfg.dataset)
     identity = stage_identity(cfg)
-    if not ray.is_initialized():
-        ray.init()
     _, meta, lam_artifact = load_run(cfg.lam_run, "cpu", expect_stages=("lam", "idm"))
     spec = WindowSpec(frame_stack=meta["model"]["frame_stack"], max_offset=1, seed=0)
     run_dir = resolve(f"{cfg.storage_path.rstrip('/')}/{run_name(cfg, experiment)}")
@@ -80,8 +78,8 @@ def relabel(cfg: TrainConfig, experiment: str = "raylam") -> StageResult:
         labels = ds.map_batches(
             Labeler,
             fn_constructor_kwargs={"lam_run": cfg.lam_run, "use_gpu": cfg.use_gpu},
-            batch_size=cfg.batch_size, batch_format="numpy", num_gpus=gpus, num_cpus=0 if gpus else cfg.cpus_per_worker,
-            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=cfg.num_workers),
+            batch_size=cfg.batch_size, batch_format="numpy", num_gpus=gpus, num_cpus=0 if gpus else cfg.cpus_per_actor,
+            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=cfg.max_actors),
         )
         labels.write_parquet(out, partition_cols=["episode"])
     written = ray.data.read_parquet(out).count()

@@ -12,22 +12,23 @@ import time
 import uuid
 from dataclasses import replace
 
+from raylam.cluster import cluster_resources
 from raylam.config import ConfigError, to_dict
 from raylam.data.clips import clip_dataset, decoded_bytes
 from raylam.data.pipeline import DatasetInfo, WindowSpec, configure_data_context
 from raylam.data.storage import resolve
 from raylam.train.artifacts import ARTIFACT, StageResult, read_artifact
-from raylam.train.config import LABELED_STAGES, TrainConfig
+from raylam.train.config import StageConfig, TrainConfig
 from raylam.train.identity import stage_identity
 from raylam.train.loop import train_loop_per_worker
 
 
-def run_name(cfg: TrainConfig, experiment: str = "raylam") -> str:
+def run_name(cfg: StageConfig, experiment: str = "raylam") -> str:
     if cfg.run_name:
         return cfg.run_name
+    if not cfg.kind.trains:
+        return f"{experiment}-{cfg.stage}"
     return f"{experiment}-{cfg.stage}-{cfg.model.method}"
-
-
 
 
 def stage_datasets(cfg: TrainConfig, info: DatasetInfo, labels: str | None = None) -> dict:
@@ -36,7 +37,7 @@ def stage_datasets(cfg: TrainConfig, info: DatasetInfo, labels: str | None = Non
     spec = WindowSpec(frame_stack=cfg.model.frame_stack, max_offset=cfg.model.max_offset,
                       num_labeled=cfg.num_labeled)
     common = dict(clips_per_task=cfg.data.clips_per_task, num_cpus=cfg.data.read_cpus, labels=labels)
-    labeled_only = cfg.stage in LABELED_STAGES
+    labeled_only = cfg.kind.labeled_only
     streamed = data_mode(cfg, info) == "stream"
 
     def clips(split: str, only_labeled: bool, shuffled: bool):
@@ -47,7 +48,7 @@ def stage_datasets(cfg: TrainConfig, info: DatasetInfo, labels: str | None = Non
         return shared_clips(info, spec, split, only_labeled, common)
 
     datasets = {} if clip_stream(cfg, info) else {"train": clips("train", labeled_only, True)}
-    if cfg.stage == "lam" and cfg.model.method == "laom_sup":
+    if cfg.model.method in cfg.kind.labeled_stream:
         datasets["labeled"] = clips("train", True, False)
     if cfg.eval_every:
         if not info.manifest["splits"].get("heldout"):
@@ -93,7 +94,7 @@ def stream_rows(cfg: TrainConfig, info: DatasetInfo, labels: str | None) -> dict
 
     from raylam.data.clip_index import clip_index, fetch_rows, random_clip_order
 
-    labeled_only = cfg.stage in LABELED_STAGES
+    labeled_only = cfg.kind.labeled_only
     labeled = set(info.labeled_episodes(cfg.num_labeled)) if labeled_only else None
     rows = fetch_rows(random_clip_order(clip_index(info, "train", cfg.data.read_cpus), labeled, None))
     # the manifest travels with the rows: a worker runs in a directory of its own, where the
@@ -104,7 +105,7 @@ def stream_rows(cfg: TrainConfig, info: DatasetInfo, labels: str | None) -> dict
 
 def data_mode(cfg: TrainConfig, info: DatasetInfo) -> str:
     """'cache' when one worker's share of the training clips, decoded, fits data.cache_bytes."""
-    share = decoded_bytes(info, "train", cfg.stage in LABELED_STAGES, cfg.num_labeled) / cfg.num_workers
+    share = decoded_bytes(info, "train", cfg.kind.labeled_only, cfg.num_labeled) / cfg.num_workers
     return "cache" if share <= cfg.data.cache_bytes else "stream"
 
 
@@ -118,7 +119,7 @@ def check_dataset(cfg: TrainConfig, info: DatasetInfo) -> dict:
     if shape[2] != cfg.model.frame_channels:
         raise ConfigError(f"dataset {cfg.dataset} has {shape[2]} channels, model.frame_channels is {cfg.model.frame_channels}")
     info.labeled_episodes(cfg.num_labeled)  # raises if the budget exceeds the dataset's labels
-    if cfg.stage in LABELED_STAGES or cfg.model.method == "laom_sup":
+    if cfg.kind.labeled_only or cfg.model.method in cfg.kind.labeled_stream:
         if not info.labeled_episodes(cfg.num_labeled):
             raise ConfigError(f"stage {cfg.stage} ({cfg.model.method}) needs labeled episodes; num_labeled is 0")
     return {"action_dim": info.manifest["action_dim"], "state_dim": info.manifest["state_dim"]}
@@ -126,9 +127,7 @@ def check_dataset(cfg: TrainConfig, info: DatasetInfo) -> dict:
 
 def _warn_if_no_cpu_for_data(cfg: TrainConfig) -> None:
     """Train workers holding every CPU starve Ray Data's decode tasks and the run stalls: say so."""
-    import ray
-
-    cpus = ray.cluster_resources().get("CPU", 0)
+    cpus = cluster_resources().get("CPU", 0)
     left = cpus - cfg.num_workers * cfg.cpus_per_worker
     if left < cfg.data.read_cpus:
         print(
@@ -162,7 +161,7 @@ def data_config(cfg: TrainConfig, split: bool = True):
     return DataConfig(datasets_to_split=["train"] if split else [], execution_options=options)
 
 
-def train(cfg: TrainConfig, experiment: str = "raylam", callbacks: list | None = None, fresh: bool = False,
+def train(cfg: StageConfig, experiment: str = "raylam", callbacks: list | None = None, fresh: bool = False,
           label: str | None = None):
     """Run one stage on the current Ray cluster (a TorchTrainer run, or for ``relabel`` batch
     inference); returns its :class:`StageResult` (the artifact the next stage reads, the metrics).
@@ -171,11 +170,10 @@ def train(cfg: TrainConfig, experiment: str = "raylam", callbacks: list | None =
     config, same inputs) resumes from its last checkpoint, a changed one starts fresh, and
     ``fresh=True`` (``--force``) never restores. ``callbacks`` go to the run's RunConfig (Tune
     passes its report callback here); ``label`` starts each progress line (default: the run name)."""
-    import ray
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    if cfg.stage == "relabel":
+    if not cfg.kind.trains:
         from raylam.train.relabel import relabel
 
         return relabel(cfg, experiment)
@@ -190,7 +188,7 @@ def train(cfg: TrainConfig, experiment: str = "raylam", callbacks: list | None =
             print(f"note: {cfg.stage} {run_name(cfg, experiment)}: model.latent_dim {cfg.model.latent_dim} -> "
                   f"{latent_dim}, the output size of the policy {cfg.policy_run}", flush=True)
         cfg = replace(cfg, model=replace(cfg.model, latent_dim=latent_dim))
-    elif cfg.stage in ("latent_bc", "action_decoder"):
+    elif cfg.kind.reads_labels:
         relabeled = read_artifact(cfg.labels, expect_stages=("relabel",))
         labels = relabeled["labels"]
         if relabeled["latent_dim"] != cfg.model.latent_dim:  # the labels decide the latent size
@@ -198,8 +196,6 @@ def train(cfg: TrainConfig, experiment: str = "raylam", callbacks: list | None =
                   f"{relabeled['latent_dim']}, the size of the latents in {cfg.labels}", flush=True)
             cfg = replace(cfg, model=replace(cfg.model, latent_dim=relabeled["latent_dim"]))
     dims = check_dataset(cfg, info)
-    if not ray.is_initialized():
-        ray.init()
     _warn_if_no_cpu_for_data(cfg)
     name = run_name(cfg, experiment)
     run_dir = resolve(f"{cfg.storage_path.rstrip('/')}/{name}")
@@ -210,7 +206,7 @@ def train(cfg: TrainConfig, experiment: str = "raylam", callbacks: list | None =
     datasets = stage_datasets(cfg, info, labels)
     loop_config = {
         "train": to_dict(cfg), "dims": dims, "datasets": sorted(datasets), "run_name": name, "label": label or name,
-        "data_mode": data_mode(cfg, info), "labeled_only": cfg.stage in LABELED_STAGES,
+        "data_mode": data_mode(cfg, info), "labeled_only": cfg.kind.labeled_only,
         # absolute: Ray Train runs the loop in a directory of its own, where a relative path means nothing
         "policy_run": resolve(cfg.policy_run).url("").rstrip("/") if cfg.stage == "action_decoder" and cfg.policy_run
         else None,

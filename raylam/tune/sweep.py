@@ -27,6 +27,7 @@ from typing import Any
 
 import yaml
 
+from raylam.cluster import cluster_resources
 from raylam.config import ConfigError, from_dict, to_dict
 from raylam.train.config import TrainConfig
 from raylam.tune.config import TuneConfig, dotted_fields
@@ -101,7 +102,7 @@ def plan_sweep(experiment, cfg: TuneConfig) -> SweepPlan:
         base_stage = cfg.base_stage
     index = names.index(base_stage)
     stage = experiment.stage(index)
-    if stage.stage == "relabel":
+    if not stage.kind.trains:
         raise ConfigError(f"tune.base_stage: {base_stage!r} is a relabel stage; it trains nothing to tune")
 
     known = dotted_fields(TrainConfig)
@@ -225,9 +226,7 @@ def max_concurrent(plan: SweepPlan, cfg: TuneConfig) -> int:
         return cfg.max_concurrent_trials
     cpus, gpus = cfg.cluster_cpus, cfg.cluster_gpus
     if cpus is None or (gpus is None and plan.gpu_per_trial):
-        import ray
-
-        present = ray.cluster_resources()
+        present = cluster_resources()
         cpus = present.get("CPU", 0.0) if cpus is None else cpus
         gpus = present.get("GPU", 0.0) if gpus is None else gpus
     fits = [math.floor(cpus / plan.cpu_per_trial + 1e-9)] if plan.cpu_per_trial else []
@@ -340,7 +339,6 @@ def run_tune(experiment, cfg: TuneConfig | None = None, resume: bool = False,
 
     ``cfg`` defaults to ``experiment.tune`` (or TuneConfig()). ``train_callbacks`` are factories
     called inside each trial; what they return joins the Train run's RunConfig callbacks."""
-    import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.basic_variant import BasicVariantGenerator
@@ -350,12 +348,10 @@ def run_tune(experiment, cfg: TuneConfig | None = None, resume: bool = False,
     if cfg is None:
         cfg = getattr(experiment, "tune", None) or TuneConfig()
     plan = plan_sweep(experiment, cfg)
-    if not ray.is_initialized():
-        ray.init()
     start = time.perf_counter()
     trainable = tune.with_parameters(_trial, plan=dataclasses.asdict(plan), metric=cfg.metric,
                                      callbacks=tuple(train_callbacks))
-    trainable = tune.with_resources(trainable, driver_resources(cfg, ray.cluster_resources()))
+    trainable = tune.with_resources(trainable, driver_resources(cfg, cluster_resources()))
 
     restorable = tune.Tuner.can_restore(plan.sweep_dir)
     if restorable and resume:

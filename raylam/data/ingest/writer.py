@@ -283,8 +283,6 @@ def ingest(cfg: IngestConfig) -> dict:
     todo = [plan for plan in plans if plan.index not in done]
     labeled = frozenset(order)
 
-    if not ray.is_initialized():
-        ray.init()
     workers = cfg.num_workers or max(1, len(todo))
     task = ray.remote(num_cpus=1, max_retries=cfg.max_retries)(write_shard)
     bar = tqdm(total=len(refs), unit="ep", desc=f"ingest {cfg.source}", disable=not cfg.progress)
