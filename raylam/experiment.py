@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from raylam.config import ConfigError, apply_overrides, from_dict, load_yaml, spec, to_dict
+from raylam.config import ConfigError, apply_overrides, deep_merge, from_dict, load_yaml, spec, to_dict
 from raylam.data.config import CollectConfig
 from raylam.data.ingest.config import IngestConfig
 from raylam.eval.config import EvalConfig
@@ -121,8 +121,9 @@ class ExperimentConfig:
         entry["seed"] = seed
         prefix = self.seed_root(seed)
         shared = to_dict(self.train)
+        taken = inherited(shared, entry)
         for key in UPSTREAM_FIELDS:  # a bare name refers to a stage of this experiment
-            value = entry.get(key, inherited(shared, entry).get(key))
+            value = entry.get(key, taken.get(key))
             if isinstance(value, str) and "/" not in value:
                 if value not in [s["run_name"] for s in self.stages[:index]]:
                     raise ConfigError(f"stages[{index}].{key}: {value!r} is not an earlier stage of this experiment")
@@ -144,17 +145,6 @@ class ExperimentConfig:
         if run_name not in names:
             raise ConfigError(f"--stage: got {run_name!r}, expected one of {names}")
         return names.index(run_name)
-
-
-def deep_merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
-    """``base`` with ``changes`` applied; nested mappings merge, everything else is replaced."""
-    out = copy.deepcopy(base)
-    for key, value in changes.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = deep_merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
 
 
 def train_overrides(overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:

@@ -89,7 +89,6 @@ def concurrent_stages(exp: ExperimentConfig) -> int:
     where a stage already uses the machine's CPUs."""
     if exp.concurrent_stages is not None:
         return exp.concurrent_stages
-
     try:
         from ray._private.state import state
 

@@ -77,7 +77,6 @@ def evaluate_methods(cfg: EvalConfig, run_root: str | Mapping[int, str], output:
     directory}`` for several seeds (each seed's rows also go to ``<output>/seed<k>/results.json``).
     Every row's ``seed`` is the training seed its run's artifact records.
     """
-
     from raylam.eval.report import write_report
 
     start = time.perf_counter()

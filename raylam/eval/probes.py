@@ -194,7 +194,6 @@ def probe_run(run_dir: str, cfg: ProbeConfig, dataset: str | None = None) -> dic
     reason}`` (imported data without states or actions; rows without actions are left out); R^2 is 1 - SSE/SST
     per dimension (0 = predicting the held-out mean), overall MSE and R^2 are means over dimensions.
     """
-
     start = time.perf_counter()
     meta, artifact = _run_meta(run_dir)
     info = DatasetInfo(dataset or artifact["dataset"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from raylam.config import ConfigError, from_dict, spec
+from raylam.config import ConfigError, deep_merge, from_dict, spec
 from raylam.models.config import LAMS, ModelConfig
 
 
@@ -231,8 +231,6 @@ def inherited(shared: dict, entry: dict) -> dict:
 def stage_config(shared: dict, entry: dict) -> StageConfig:
     """One stage's config: the shared ``train`` settings (a mapping) with the stage's ``entry`` on
     top; a :class:`RelabelConfig` for a relabel stage, else a :class:`TrainConfig`."""
-    from raylam.experiment import deep_merge
-
     merged = deep_merge(inherited(shared, entry), entry)
     if is_relabel(entry, shared):
         merged.pop("seed", None)  # labels do not depend on a training seed (the LAM's identity does)
