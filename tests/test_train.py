@@ -57,20 +57,34 @@ def test_clip_stream_and_labeled_stream(ray_local, synthetic):
     assert all(r["labeled"] for r in labeled_rows)
 
 
-def test_two_workers_see_disjoint_clips(ray_local, synthetic):
+@pytest.mark.parametrize("materialized", [True, False])
+def test_two_workers_see_disjoint_clips(ray_local, synthetic, tmp_path, materialized):
+    """The training split through the stage's DataConfig, as Train hands it to 2 workers: the shared
+    (materialized) clips by row ranges, where every clip is exactly one worker's; a lazy dataset by
+    Train's streaming_split (equal shares, which may leave out fewer clips than there are workers)."""
+    import ray
+
+    from raylam.train.trainer import data_config
+
     dataset, _ = synthetic
     ds = clip_dataset(DatasetInfo(dataset), WindowSpec())
-    a, b = ds.streaming_split(2, equal=True)
-    import ray
+    every = sorted((int(r["episode"]), int(r["start"])) for r in ds.take_all())
+    if materialized:
+        ds = ds.materialize()
+    shards = data_config(train_config(dataset, tmp_path, num_workers=2)).configure(
+        {"train": ds}, world_size=2, worker_handles=None, worker_node_ids=None)
 
     @ray.remote(num_cpus=0)
     def keys(it):
         return [(int(e), int(s)) for batch in it.iter_batches(batch_size=4)
                 for e, s in zip(batch["episode"], batch["start"], strict=True)]
 
-    ka, kb = ray.get([keys.remote(a), keys.remote(b)])
+    ka, kb = ray.get([keys.remote(shard["train"]) for shard in shards])
     assert ka and kb and not set(ka) & set(kb)
-    assert len(ka) == len(kb)
+    if materialized:
+        assert sorted(ka + kb) == every and abs(len(ka) - len(kb)) <= 1
+    else:
+        assert len(ka) == len(kb) and len(every) - 1 <= len(ka) + len(kb) <= len(every)
 
 
 def test_job_batch_must_split_evenly_across_workers(synthetic, tmp_path):

@@ -150,15 +150,16 @@ def _timings(metrics: dict, fit_start: float, fit_s: float) -> dict:
 
 
 def data_config(cfg: TrainConfig, split: bool = True):
-    """Train's DataConfig: the training split divided among the workers; with ``data.max_cpus``,
-    Ray Data may hold at most that many CPUs for this run (a Tune trial's data_cpus, enforced)."""
-    from ray.train import DataConfig
+    """Train's DataConfig: the training split divided among the workers (row ranges when it is
+    already materialized); with ``data.max_cpus``, Ray Data may hold at most that many CPUs for this
+    run (a Tune trial's data_cpus, enforced)."""
+    from raylam.train.data_config import ClipsDataConfig
 
     options = None
     if cfg.data.max_cpus is not None:
-        options = DataConfig.default_ingest_options()
+        options = ClipsDataConfig.default_ingest_options()
         options.resource_limits = options.resource_limits.copy(cpu=cfg.data.max_cpus)
-    return DataConfig(datasets_to_split=["train"] if split else [], execution_options=options)
+    return ClipsDataConfig(datasets_to_split=["train"] if split else [], execution_options=options)
 
 
 def train(cfg: StageConfig, experiment: str = "raylam", callbacks: list | None = None, fresh: bool = False,
