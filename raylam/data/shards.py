@@ -4,8 +4,8 @@ This is the one module that writes and reads clips, so the format lives in one p
 
 A sample (tar members share the key ``<episode-id>/<clip-index>`` and are written together):
 
-- ``frames.mp4`` — T RGB frames, H.264 in RGB (``libx264rgb``); ``crf 0`` (the default) is
-  lossless, so decoded pixels equal the rendered ones. ``frames.npy`` (raw uint8 [T,H,W,3]) is
+- ``frames.mp4`` — T RGB frames, H.264 in RGB (``libx264rgb``, tuned for fast decoding); ``crf 0``
+  (the default) is lossless, so decoded pixels equal the rendered ones. ``frames.npy`` (raw uint8 [T,H,W,3]) is
   the uncompressed alternative.
 - ``actions.npy`` float32 [T, A] — the action taken after frame t (kept even when "unlabeled":
   labels are hidden by the ``labeled`` flag, never deleted, so probes can use them).
@@ -80,12 +80,17 @@ def clip_starts(episode_length: int, clip_length: int, overlap: int) -> list[int
 
 
 def encode_frames_mp4(frames: np.ndarray, crf: int = 0, fps: int = 30) -> bytes:
-    """Encode uint8 [T,H,W,3] frames as H.264 RGB; crf 0 is lossless."""
+    """Encode uint8 [T,H,W,3] frames as H.264 RGB; crf 0 is lossless.
+
+    ``tune fastdecode`` (CAVLC instead of CABAC, no deblocking) because every training epoch that
+    streams decodes these clips again: on 64x64 frames with distractors it decodes 3x faster
+    (0.50 -> 0.16 CPU-ms a frame) for 7 % more bytes (0.52 -> 0.56 of raw), still lossless."""
     _check_frames(frames, "frames")
     t, h, w, _ = frames.shape
     buffer = io.BytesIO()
     with av.open(buffer, "w", format="mp4") as container:
-        stream = container.add_stream("libx264rgb", rate=fps, options={"crf": str(crf), "preset": "veryfast"})
+        stream = container.add_stream("libx264rgb", rate=fps,
+                                      options={"crf": str(crf), "preset": "veryfast", "tune": "fastdecode"})
         stream.width, stream.height, stream.pix_fmt = w, h, "rgb24"
         for frame in frames:
             for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):

@@ -194,6 +194,8 @@ def probe_run(run_dir: str, cfg: ProbeConfig, dataset: str | None = None) -> dic
     reason}`` (imported data without states or actions; rows without actions are left out); R^2 is 1 - SSE/SST
     per dimension (0 = predicting the held-out mean), overall MSE and R^2 are means over dimensions.
     """
+    import ray
+
     start = time.perf_counter()
     meta, artifact = _run_meta(run_dir)
     info = DatasetInfo(dataset or artifact["dataset"])
@@ -213,7 +215,7 @@ def probe_run(run_dir: str, cfg: ProbeConfig, dataset: str | None = None) -> dic
                                                    "weights": weights},
                             # a pool that grows to num_actors as resources allow: a fixed pool
                             # holding every CPU would leave none for the tasks that read the shards
-                            concurrency=(1, cfg.num_actors), num_gpus=1 if use_gpu else 0,
+                            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=cfg.num_actors), num_gpus=1 if use_gpu else 0,
                             num_cpus=0 if use_gpu else 1)
         return _summed(ds)
 
