@@ -81,7 +81,9 @@ def relabel(cfg: RelabelConfig, experiment: str = "raylam") -> StageResult:
             batch_size=cfg.batch_size, batch_format="numpy", num_gpus=gpus, num_cpus=0 if gpus else cfg.cpus_per_actor,
             compute=ray.data.ActorPoolStrategy(min_size=1, max_size=cfg.max_actors),
         )
-        labels.write_parquet(out, partition_cols=["episode"])
+        # the writes are light: they take a decode task's CPU share, not Ray Data's default whole CPU,
+        # so that on a small node reads, the labeling actor and the writes fit at once
+        labels.write_parquet(out, partition_cols=["episode"], ray_remote_args={"num_cpus": cfg.data.read_cpus})
     written = ray.data.read_parquet(out).count()
     expected = info.manifest["num_transitions"] - info.manifest["num_episodes"]
     if written != expected:
