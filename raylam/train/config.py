@@ -142,6 +142,11 @@ class TrainConfig:
     def kind(self) -> StageKind:
         return STAGE_KINDS[self.stage]
 
+    @property
+    def reads_labeled_stream(self) -> bool:
+        """Besides its training stream, the labeled episodes as a second one (LAOM+sup)."""
+        return self.model.method in self.kind.labeled_stream
+
     def validate(self) -> None:
         allowed = STAGE_KINDS[self.stage].methods
         if allowed and self.model.method not in allowed:

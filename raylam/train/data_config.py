@@ -19,8 +19,7 @@ class ClipsDataConfig(DataConfig):
         materialized = {name: ds for name, ds in datasets.items()
                         if name in to_split and isinstance(ds, MaterializedDataset)}
         rest = {name: ds for name, ds in datasets.items() if name not in materialized}
-        output = super().configure(rest, world_size, worker_handles, worker_node_ids, **kwargs) if rest else [
-            {} for _ in range(world_size)]
+        output = super().configure(rest, world_size, worker_handles, worker_node_ids, **kwargs)
         for name, ds in materialized.items():
             for rank, part in enumerate(split_rows(ds, world_size)):
                 output[rank][name] = part.iterator()

@@ -48,7 +48,7 @@ def stage_datasets(cfg: TrainConfig, info: DatasetInfo, labels: str | None = Non
         return shared_clips(info, spec, split, only_labeled, common)
 
     datasets = {} if clip_stream(cfg, info) else {"train": clips("train", labeled_only, True)}
-    if cfg.model.method in cfg.kind.labeled_stream:
+    if cfg.reads_labeled_stream:
         datasets["labeled"] = clips("train", True, False)
     if cfg.eval_every:
         if not info.manifest["splits"].get("heldout"):
@@ -119,7 +119,7 @@ def check_dataset(cfg: TrainConfig, info: DatasetInfo) -> dict:
     if shape[2] != cfg.model.frame_channels:
         raise ConfigError(f"dataset {cfg.dataset} has {shape[2]} channels, model.frame_channels is {cfg.model.frame_channels}")
     info.labeled_episodes(cfg.num_labeled)  # raises if the budget exceeds the dataset's labels
-    if cfg.kind.labeled_only or cfg.model.method in cfg.kind.labeled_stream:
+    if cfg.kind.labeled_only or cfg.reads_labeled_stream:
         if not info.labeled_episodes(cfg.num_labeled):
             raise ConfigError(f"stage {cfg.stage} ({cfg.model.method}) needs labeled episodes; num_labeled is 0")
     return {"action_dim": info.manifest["action_dim"], "state_dim": info.manifest["state_dim"]}
