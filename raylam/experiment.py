@@ -49,6 +49,9 @@ class ExperimentConfig:
     concurrent_stages: int | None = spec(
         None, ge=1, help="raylam pipeline: stages trained at once (independent chains and seeds side by side); "
                          "null: as many as the cluster's GPUs hold (its autoscaler's maximum), 1 without GPUs")
+    stage_retries: int = spec(
+        2, ge=0, help="raylam pipeline: times a stage's driver task is restarted when its process or node dies "
+                      "(its Train run resumes from the last checkpoint); an error raised by the stage is never retried")
     seeds: list[int] | None = spec(
         None, ge=0, help="training seeds: the chain runs once per seed, in <storage_path>/<name>/seed<k>/<run_name>, "
                          "and the evaluation reports mean ± std over them; null: [train.seed] (0 unless set), "

@@ -11,6 +11,7 @@ changed trains afresh (``force`` retrains everything from scratch).
 from __future__ import annotations
 
 import time
+import uuid
 
 from raylam.cluster import cluster_resources, require_cluster_paths
 from raylam.config import ConfigError, to_dict
@@ -139,7 +140,9 @@ def run_stages(exp: ExperimentConfig, stages: list[int], force: bool, timings: d
                 print(f"== stage {label(*job)} done ({timings[label(*job)]:.0f} s)", flush=True)
         return
     head = {"head": 0.001} if cluster_resources().get("head") else {}
-    remote_train = ray.remote(_train_stage).options(num_cpus=0, max_retries=0, resources=head)
+    # a driver lost with its process or node is retried (Ray's max_retries counts system failures only)
+    # and resumes its Train run; under --force every retry resumes the one fresh attempt it started
+    remote_train = ray.remote(_train_stage).options(num_cpus=0, max_retries=exp.stage_retries, resources=head)
     pending, started = list(jobs), 0
     print(f"== {total} stages, up to {limit} at once", flush=True)
     while pending or running:
@@ -154,7 +157,8 @@ def run_stages(exp: ExperimentConfig, stages: list[int], force: bool, timings: d
                 if stage is None:
                     done.add(job)
                     continue
-                running[remote_train.remote(stage, exp.name, force, f"[{started}/{total}] {label(*job)}")] = \
+                tag = uuid.uuid4().hex[:6] if force else None
+                running[remote_train.remote(stage, exp.name, tag, f"[{started}/{total}] {label(*job)}")] = \
                     (job, time.perf_counter())
         if not running:
             continue
@@ -166,10 +170,10 @@ def run_stages(exp: ExperimentConfig, stages: list[int], force: bool, timings: d
         print(f"== stage {label(*job)} done ({timings[label(*job)]:.0f} s)", flush=True)
 
 
-def _train_stage(stage, experiment: str, fresh: bool, label: str) -> None:
+def _train_stage(stage, experiment: str, fresh_tag: str | None, label: str) -> None:
     from raylam.train.trainer import train
 
-    train(stage, experiment, fresh=fresh, label=label)
+    train(stage, experiment, fresh=fresh_tag is not None, fresh_tag=fresh_tag, label=label)
 
 
 def run_pipeline(exp: ExperimentConfig, force: bool = False, methods: list[str] | None = None) -> dict:

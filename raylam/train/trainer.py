@@ -163,13 +163,14 @@ def data_config(cfg: TrainConfig, split: bool = True):
 
 
 def train(cfg: StageConfig, experiment: str = "raylam", callbacks: list | None = None, fresh: bool = False,
-          label: str | None = None):
+          label: str | None = None, fresh_tag: str | None = None):
     """Run one stage on the current Ray cluster (a TorchTrainer run, or for ``relabel`` batch
     inference); returns its :class:`StageResult` (the artifact the next stage reads, the metrics).
 
     The Ray Train run lives in ``<run dir>/train-<identity>``: a rerun of the same stage (same
     config, same inputs) resumes from its last checkpoint, a changed one starts fresh, and
-    ``fresh=True`` (``--force``) never restores. ``callbacks`` go to the run's RunConfig (Tune
+    ``fresh=True`` (``--force``) never restores an earlier run: it starts the attempt ``fresh_tag`` (random
+    by default; a retried driver passes its first tag again and resumes that attempt). ``callbacks`` go to the run's RunConfig (Tune
     passes its report callback here); ``label`` starts each progress line (default: the run name)."""
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -201,7 +202,7 @@ def train(cfg: StageConfig, experiment: str = "raylam", callbacks: list | None =
     name = run_name(cfg, experiment)
     run_dir = resolve(f"{cfg.storage_path.rstrip('/')}/{name}")
     run_dir.makedirs()
-    attempt = f"train-{identity[:12]}" + (f"-{uuid.uuid4().hex[:6]}" if fresh else "")
+    attempt = f"train-{identity[:12]}" + (f"-{fresh_tag or uuid.uuid4().hex[:6]}" if fresh else "")
     local = "://" not in cfg.storage_path
     configure_data_context(cfg.data.progress_bars)
     datasets = stage_datasets(cfg, info, labels)
