@@ -23,11 +23,13 @@ def ray_local():
     ray.shutdown()
 
 
-def init_local_ray() -> None:
-    """The tests' local Ray: 2 CPUs, quiet; its processes inherit this process's environment."""
+def init_local_ray(dashboard: bool = False) -> None:
+    """The tests' local Ray: 2 CPUs, quiet; its processes inherit this process's environment. Without
+    its dashboard (quicker to start) unless asked: Ray's State API, which some of Ray's own clean-up
+    relies on, is served by it."""
     import ray
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+    ray.init(address="local", num_cpus=2, include_dashboard=dashboard, log_to_driver=False,
              runtime_env={"env_vars": {"MUJOCO_GL": os.environ["MUJOCO_GL"]}})
 
 

@@ -1,0 +1,96 @@
+"""A stage driver lost with its process is retried by Ray and resumes its Train run. On a Ray with
+its dashboard, as on any cluster ``ray job submit`` reaches: Ray Train frees a dead driver's worker
+placement group through the dashboard's State API, and without it that group would hold its CPUs
+for the rest of the session."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from conftest import init_local_ray
+
+from raylam.config import from_dict, to_dict
+from raylam.data.synthetic import write_synthetic_dataset
+from raylam.experiment import ExperimentConfig
+from raylam.models.config import ModelConfig
+from raylam.pipeline import run_stages
+
+
+@pytest.fixture(scope="module")
+def ray_with_dashboard(ray_local):
+    """The session's local Ray restarted with its dashboard; the usual one comes back afterwards."""
+    ray_local.shutdown()
+    init_local_ray(dashboard=True)
+    yield ray_local
+    ray_local.shutdown()
+    init_local_ray()
+
+
+def test_a_stage_driver_that_dies_is_retried_and_resumes(ray_with_dashboard, tmp_path):
+    """With stages run as Ray tasks, the process of a stage's driver is killed after its step-2
+    checkpoint is registered: Ray retries the task (``stage_retries``) and the new driver resumes the
+    Train run from that checkpoint instead of training from scratch (a fresh start would pass the
+    ``wait_at_step`` hook again and leave a new waiting file). Under ``--force`` too: the retry resumes
+    the fresh attempt its first try started, and makes no other. Afterwards every CPU is free again."""
+    ray = ray_with_dashboard
+    data, runs, go = tmp_path / "data", tmp_path / "runs", tmp_path / "go"
+    write_synthetic_dataset(str(data), episodes=3, episode_length=24, image_size=32, clip_length=16, overlap=6,
+                            num_labeled=1)
+    exp = from_dict(ExperimentConfig, {
+        "name": "retry", "concurrent_stages": 2, "stage_retries": 1,
+        "train": {"dataset": str(data), "storage_path": str(runs), "stage": "bc",
+                  "model": to_dict(ModelConfig.small("bc")), "steps": 4, "batch_size": 8, "report_every": 1,
+                  "checkpoint_every": 2, "keep_checkpoints": 10, "cpus_per_worker": 0.5,
+                  "data": {"read_cpus": 0.5}, "wait_at_step": 2, "wait_for_file": str(go)},
+        "stages": [{"run_name": "bc", "stage": "bc", "model": {"method": "bc"}}],
+    })
+    killed: list[int] = []
+
+    def kill_driver_once_checkpointed():
+        waiting = Path(f"{go}.waiting-0")
+        deadline = time.monotonic() + 300
+        while not waiting.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        (attempt,) = (runs / "retry" / "bc").glob("train-*")
+        snapshot = attempt / "checkpoint_manager_snapshot.json"
+        while time.monotonic() < deadline:  # the controller has registered the step-2 checkpoint
+            try:
+                if json.loads(snapshot.read_text())["latest_checkpoint_result"]["metrics"]["step"] == 2:
+                    break
+            except (OSError, ValueError, KeyError, TypeError):
+                pass
+            time.sleep(0.1)
+        (driver,) = [p for p in psutil.process_iter(["cmdline"])
+                     if (p.info["cmdline"] or [""])[0] == "ray::_train_stage"]
+        os.kill(driver.pid, signal.SIGKILL)
+        killed.append(driver.pid)
+        # its Train worker goes with it (Ray kills what a dead process owned); until it has, it could
+        # still go on and write a checkpoint of its own, so the gate opens only once it is gone
+        worker = int(waiting.read_text())
+        while psutil.pid_exists(worker) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        waiting.unlink()
+        go.touch()
+
+    killer = threading.Thread(target=kill_driver_once_checkpointed, daemon=True)
+    killer.start()
+    run_stages(exp, [0], force=True, timings={})
+    killer.join(timeout=10)
+    assert killed, "the driver was never killed"
+    assert not Path(f"{go}.waiting-0").exists(), "the retried driver trained from scratch"
+    artifact = json.loads((runs / "retry" / "bc" / "artifact.json").read_text())
+    steps = sorted(json.loads(p.read_text())["step"]
+                   for p in Path(artifact["checkpoint"]).parent.glob("checkpoint_*/meta.json"))
+    assert steps == [2, 4] and artifact["metrics"]["step"] == 4
+    assert len(list((runs / "retry" / "bc").glob("train-*"))) == 1
+    deadline = time.monotonic() + 60  # the dead driver's worker group is released, not held for the session
+    while ray.available_resources().get("CPU", 0) < 2 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert ray.available_resources().get("CPU", 0) == 2, ray.available_resources()
