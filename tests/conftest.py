@@ -35,10 +35,12 @@ def init_local_ray(dashboard: bool = False) -> None:
 
 @pytest.fixture(scope="module")
 def ray_with_s3(s3_server, ray_local):
-    """The local Ray restarted after the S3 server, so every Ray process can reach it; the tests'
-    usual Ray comes back afterwards. Yields the bucket factory."""
+    """The local Ray restarted after the S3 server, so every Ray process can reach it, and with its
+    dashboard, as on a cluster (a stage driver lost under load is retried, and Ray Train frees the
+    dead driver's workers through the dashboard's State API); the tests' usual Ray comes back
+    afterwards. Yields the bucket factory."""
     ray_local.shutdown()
-    init_local_ray()
+    init_local_ray(dashboard=True)
     yield s3_server
     ray_local.shutdown()
     init_local_ray()
