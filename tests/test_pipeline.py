@@ -199,4 +199,3 @@ def test_a_changed_stage_retrains_and_its_downstream_follows(quickstart, tmp_pat
     bc_runs = sorted(p.name for p in (root / "bc").glob("train-*"))
     assert len(bc_runs) == 2 and json.loads((root / "bc" / "artifact.json").read_text())["identity"] == \
         before["bc"]["identity"]
-

@@ -21,6 +21,7 @@ from raylam.data.synthetic import write_synthetic_dataset
 from raylam.experiment import ExperimentConfig
 from raylam.models.config import ModelConfig
 from raylam.pipeline import run_stages
+from raylam.train.loop import wait_for_registered_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -59,14 +60,7 @@ def test_a_stage_driver_that_dies_is_retried_and_resumes(ray_with_dashboard, tmp
         while not waiting.exists() and time.monotonic() < deadline:
             time.sleep(0.1)
         (attempt,) = (runs / "retry" / "bc").glob("train-*")
-        snapshot = attempt / "checkpoint_manager_snapshot.json"
-        while time.monotonic() < deadline:  # the controller has registered the step-2 checkpoint
-            try:
-                if json.loads(snapshot.read_text())["latest_checkpoint_result"]["metrics"]["step"] == 2:
-                    break
-            except (OSError, ValueError, KeyError, TypeError):
-                pass
-            time.sleep(0.1)
+        wait_for_registered_checkpoint(str(attempt), 2, timeout_s=max(1.0, deadline - time.monotonic()))
         (driver,) = [p for p in psutil.process_iter(["cmdline"])
                      if (p.info["cmdline"] or [""])[0] == "ray::_train_stage"]
         os.kill(driver.pid, signal.SIGKILL)

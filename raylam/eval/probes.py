@@ -215,8 +215,8 @@ def probe_run(run_dir: str, cfg: ProbeConfig, dataset: str | None = None) -> dic
                                                    "weights": weights},
                             # a pool that grows to num_actors as resources allow: a fixed pool
                             # holding every CPU would leave none for the tasks that read the shards
-                            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=cfg.num_actors), num_gpus=1 if use_gpu else 0,
-                            num_cpus=0 if use_gpu else 1)
+                            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=cfg.num_actors),
+                            num_gpus=1 if use_gpu else 0, num_cpus=0 if use_gpu else 1)
         return _summed(ds)
 
     skipped = probes_skipped(info)

@@ -398,20 +398,26 @@ def _quiet_report_log(level: str) -> None:
 
 def _wait_for_registered_checkpoint(cfg, attempt_dir: str | None) -> None:
     """Test hook (``fail_at_step``): the injected failure waits until Ray Train has registered the
-    last checkpoint before it (its snapshot on storage says so), so the restore it tests starts from
-    that checkpoint whatever the timing of the controller's polls (gives up after 5 minutes)."""
+    last checkpoint before it, so the restore it tests starts from that checkpoint whatever the
+    timing of the controller's polls."""
+    last = (cfg.fail_at_step - 1) // cfg.checkpoint_every * cfg.checkpoint_every
+    if last > 0 and attempt_dir:
+        wait_for_registered_checkpoint(attempt_dir, last)
+
+
+def wait_for_registered_checkpoint(attempt_dir: str, step: int, timeout_s: float = 300) -> None:
+    """Block until the Train run in ``attempt_dir`` has registered a checkpoint of ``step`` or later
+    (its checkpoint-manager snapshot on storage says so); gives up after ``timeout_s``. For tests
+    that break a run and count what it restores."""
     from raylam.data.storage import resolve
 
-    last = (cfg.fail_at_step - 1) // cfg.checkpoint_every * cfg.checkpoint_every
-    if last <= 0 or not attempt_dir:
-        return
-    location, deadline = resolve(attempt_dir), time.monotonic() + 300
+    location, deadline = resolve(attempt_dir), time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
             snapshot = location.read_json("checkpoint_manager_snapshot.json")
         except (OSError, ValueError):  # not written yet, or being replaced
             snapshot = {}
-        if ((snapshot.get("latest_checkpoint_result") or {}).get("metrics") or {}).get("step", 0) >= last:
+        if ((snapshot.get("latest_checkpoint_result") or {}).get("metrics") or {}).get("step", 0) >= step:
             return
         time.sleep(0.1)
 

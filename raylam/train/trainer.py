@@ -169,9 +169,10 @@ def train(cfg: StageConfig, experiment: str = "raylam", callbacks: list | None =
 
     The Ray Train run lives in ``<run dir>/train-<identity>``: a rerun of the same stage (same
     config, same inputs) resumes from its last checkpoint, a changed one starts fresh, and
-    ``fresh=True`` (``--force``) never restores an earlier run: it starts the attempt ``fresh_tag`` (random
-    by default; a retried driver passes its first tag again and resumes that attempt). ``callbacks`` go to the run's RunConfig (Tune
-    passes its report callback here); ``label`` starts each progress line (default: the run name)."""
+    ``fresh=True`` (``--force``) never restores an earlier run: it starts the attempt ``fresh_tag``
+    (random by default; a retried driver passes its first tag again and resumes that attempt).
+    ``callbacks`` go to the run's RunConfig (Tune passes its report callback here); ``label`` starts
+    each progress line (default: the run name)."""
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
