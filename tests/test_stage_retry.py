@@ -49,7 +49,11 @@ def test_a_stage_driver_that_dies_is_retried_and_resumes(ray_with_dashboard, tmp
         "train": {"dataset": str(data), "storage_path": str(runs), "stage": "bc",
                   "model": to_dict(ModelConfig.small("bc")), "steps": 4, "batch_size": 8, "report_every": 1,
                   "checkpoint_every": 2, "keep_checkpoints": 10, "cpus_per_worker": 0.5,
-                  "data": {"read_cpus": 0.5}, "wait_at_step": 2, "wait_for_file": str(go)},
+                  "data": {"read_cpus": 0.5}, "wait_at_step": 2, "wait_for_file": str(go),
+                  # no worker restarts: a controller whose driver died keeps running for the seconds
+                  # Ray gives it to exit, and may restart its lost worker group in them, reserving a
+                  # placement group that nobody frees (a Ray Train race, 1 run in ~8 here)
+                  "max_failures": 0},
         "stages": [{"run_name": "bc", "stage": "bc", "model": {"method": "bc"}}],
     })
     killed: list[int] = []
