@@ -87,6 +87,30 @@ def check_label_budget(dataset: str, num_labeled: int | None, key: str) -> None:
         raise ConfigError(f"{key}: got {num_labeled}, but dataset {dataset} has {have} labeled episodes")
 
 
+def heldout_hint(manifest: dict) -> str:
+    """How to give a dataset held-out episodes, in the keys of the command that made it."""
+    if manifest.get("imported"):
+        return ("re-ingest with ingest.min_heldout: 1 (or more), ingest.heldout_episodes: [<episode ids>] or a larger "
+                "ingest.heldout_fraction into a new ingest.output")
+    return "collect with collect.heldout_episodes > 0"
+
+
+def check_heldout(dataset: str, eval_every: int, key: str) -> None:
+    """A stage that evaluates every ``eval_every`` steps reads the dataset's held-out split: fail now,
+    before Ray starts, when the dataset exists and has none (a pipeline's dataset is checked once collected)."""
+    if not eval_every:
+        return
+    from raylam.data.pipeline import DatasetInfo
+
+    try:
+        manifest = DatasetInfo(dataset).manifest
+    except (FileNotFoundError, OSError):
+        return
+    if not manifest["splits"].get("heldout"):
+        raise ConfigError(f"{key}: got {eval_every}, but dataset {dataset} has no held-out episodes to evaluate on; "
+                          f"{heldout_hint(manifest)}, or set train.eval_every=0")
+
+
 def check_experiment(exp, command: str) -> None:
     """Everything ``command`` (collect, train, evaluate, pipeline, tune) will touch, before it starts."""
     collects = command in ("collect", "pipeline")
@@ -107,6 +131,7 @@ def check_experiment(exp, command: str) -> None:
                 seen.add(stage.dataset)
             if stage.kind.trains and (not collects or stage.dataset != exp.collect.output):  # pipeline: collected first
                 check_label_budget(stage.dataset, stage.num_labeled, f"stages[{i}] ({entry['run_name']}).num_labeled")
+                check_heldout(stage.dataset, stage.eval_every, f"stages[{i}] ({entry['run_name']}).eval_every")
     if command in ("evaluate", "pipeline"):
         check_output_dir(exp.evaluate.output, "evaluate.output")
         check_reachable(exp.evaluate.output, "evaluate.output")

@@ -4,7 +4,8 @@ On a cluster of several nodes (or one whose autoscaler may add nodes) a local pa
 different directory on every node: shards written by collection tasks, checkpoints written by
 Train workers and reports would be scattered over disks that vanish with their nodes. Such paths
 are refused before any work, unless the user declares them shared (an NFS/EFS mount at the same
-place on every node).
+place on every node). Any cluster raylam joins rather than starts counts as such: an autoscaled
+one starts with its head alone.
 """
 
 from __future__ import annotations
@@ -33,22 +34,29 @@ def cluster_resources() -> dict[str, float]:
     return ray.cluster_resources()
 
 
+def started_here() -> bool:
+    """True when this process started the Ray it is connected to (``ray.init()`` with no cluster to
+    join): then every node is this machine. A job submitted to a cluster, ``RAY_ADDRESS``, a Ray
+    Client or a Ray task all join a cluster started elsewhere (``connect_only`` in Ray's Node), which
+    may be an autoscaled one that has only its head now."""
+    import ray._private.worker as worker
+
+    node = getattr(worker, "_global_node", None)
+    return node is not None and bool(getattr(node, "head", False))
+
+
 def is_multi_node() -> bool:
-    """True when the connected cluster has more than one node now, or its autoscaler may add some."""
+    """True unless the cluster is a Ray this process started itself and it has one live node.
+
+    A cluster that raylam joins counts as multi-node even with one live node: a launcher or KubeRay
+    cluster whose worker types scale from 0 shows only its head when a job starts, and Ray 2.60 tells
+    a driver nothing about the nodes its autoscaler may add (``get_cluster_config()`` reads a key
+    that neither the launcher nor KubeRay writes)."""
     import ray
 
-    if sum(1 for node in ray.nodes() if node.get("Alive")) > 1:
+    if not started_here():
         return True
-    try:
-        from ray._private.state import state
-
-        config = state.get_cluster_config()
-    except Exception:  # no autoscaler state (a plain local Ray): a single node
-        return False
-    if config is None:
-        return False
-    counts = [group.max_count for group in config.node_group_configs]
-    return any(count == -1 for count in counts) or sum(counts) > 1
+    return sum(1 for node in ray.nodes() if node.get("Alive")) > 1
 
 
 def check_paths(paths: dict[str, str | None], shared_filesystem: bool) -> None:
@@ -58,9 +66,10 @@ def check_paths(paths: dict[str, str | None], shared_filesystem: bool) -> None:
         return
     field, path = next(iter(local.items()))
     raise ConfigError(
-        f"{field}: {path!r} is a local path, but this Ray cluster has (or may autoscale to) several nodes, "
-        "which do not share a disk; use object storage (s3://bucket/..., gs://bucket/...) or, if the path is "
-        "a filesystem mounted at the same place on every node (NFS, EFS), set shared_filesystem=true"
+        f"{field}: {path!r} is a local path, but raylam runs on a Ray cluster it did not start (or one of "
+        "several nodes), whose nodes may not share a disk (an autoscaler adds and removes them); use object "
+        "storage (s3://bucket/..., gs://bucket/...) or, if the path is a filesystem mounted at the same place "
+        "on every node (NFS, EFS), set shared_filesystem=true"
         + (f" (also local: {', '.join(sorted(set(local) - {field}))})" if len(local) > 1 else "")
     )
 
@@ -88,3 +97,26 @@ def require_cluster_paths(exp, **which: bool) -> None:
     """Connect to Ray, then refuse the experiment's local paths if the cluster needs shared ones."""
     connect()
     check_paths(experiment_paths(exp, **which), exp.shared_filesystem)
+
+
+class NoCudaError(RuntimeError):
+    """Work that holds a Ray GPU found no CUDA device in torch."""
+
+
+def cuda_device(what: str):
+    """``torch.device("cuda")`` for ``what`` (an actor or worker that asked Ray for a GPU), or one clear
+    error: holding a GPU while computing on the CPU would be slow and silent. torch sees no CUDA when
+    its build does not match the node's driver (an unpinned CUDA 13 wheel on a CUDA 12 image) or when
+    Ray gave the process no device."""
+    import os
+    import socket
+
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    raise NoCudaError(
+        f"{what} holds a Ray GPU, but torch {torch.__version__} (CUDA build {torch.version.cuda or 'none'}) on "
+        f"{socket.gethostname()} sees no CUDA device "
+        f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}); install the torch build for the "
+        "node's CUDA driver (cluster/setup_node.sh, RAYLAM_TORCH_INDEX) or set use_gpu=false")

@@ -27,7 +27,22 @@ class UserError(Exception):
 
 
 class ConfigError(UserError, ValueError):
-    """A configuration value is unknown, of the wrong type or out of range."""
+    """A configuration value is unknown, of the wrong type or out of range.
+
+    ``key`` is the dotted key at fault where one is known, so the caller that applied command-line
+    overrides can say the value came from an override rather than from the file."""
+
+    def __init__(self, message: str, key: str | None = None):
+        super().__init__(message)
+        self.key = key
+
+
+def did_you_mean(word: str, choices: typing.Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for a near miss among ``choices``, else ``""``."""
+    import difflib
+
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 class YamlLoader(yaml.SafeLoader):
@@ -97,7 +112,7 @@ def _describe(tp: Any) -> str:
 def _convert(value: Any, tp: Any, key: str) -> Any:
     """Convert a YAML value to ``tp`` or raise ConfigError naming ``key``."""
     origin = typing.get_origin(tp)
-    fail = ConfigError(f"{key}: got {value!r} ({type(value).__name__}), expected {_describe(tp)}")
+    fail = ConfigError(f"{key}: got {value!r} ({type(value).__name__}), expected {_describe(tp)}", key)
     if tp is Any:
         return value
     if tp is type(None):
@@ -121,6 +136,8 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
             return value
         raise fail
     if origin in (list, tuple):
+        if isinstance(value, str) and origin is list:  # `paths: data/videos` means the one path
+            value = [value]
         if not isinstance(value, (list, tuple)):
             raise fail
         args = [a for a in typing.get_args(tp) if a is not Ellipsis]
@@ -168,7 +185,8 @@ def _check_range(value: Any, meta: typing.Mapping[str, Any], key: str) -> None:
     for i, v in enumerate(values):  # a list field's choices apply to each element
         if choices is not None and v not in choices:
             where = f"{key}[{i}]" if values is value else key
-            raise ConfigError(f"{where}: got {v!r}, expected one of {list(choices)}")
+            raise ConfigError(f"{where}: got {v!r}, expected one of {list(choices)}"
+                              f"{did_you_mean(str(v), map(str, choices))}", key)
     bounds = [("ge", ">=", lambda v, b: v >= b), ("gt", ">", lambda v, b: v > b),
               ("le", "<=", lambda v, b: v <= b), ("lt", "<", lambda v, b: v < b)]
     for v in values:
@@ -177,7 +195,7 @@ def _check_range(value: Any, meta: typing.Mapping[str, Any], key: str) -> None:
         for name, symbol, ok in bounds:
             bound = meta.get(name)
             if bound is not None and not ok(v, bound):
-                raise ConfigError(f"{key}: got {v!r}, expected a value {symbol} {bound}")
+                raise ConfigError(f"{key}: got {v!r}, expected a value {symbol} {bound}", key)
 
 
 def from_dict(cls: type[T], data: typing.Mapping[str, Any] | None, prefix: str = "") -> T:
@@ -188,9 +206,8 @@ def from_dict(cls: type[T], data: typing.Mapping[str, Any] | None, prefix: str =
     unknown = sorted(set(data) - set(fields))
     if unknown:
         where = f"{prefix}." if prefix else ""
-        raise ConfigError(
-            f"unknown key {where}{unknown[0]!s} in {cls.__name__}; known keys: {', '.join(sorted(fields))}"
-        )
+        raise ConfigError(f"unknown key {where}{unknown[0]!s}{did_you_mean(str(unknown[0]), fields)} in "
+                          f"{cls.__name__}; known keys: {', '.join(sorted(fields))}", f"{where}{unknown[0]}")
     kwargs = {}
     for name, field in fields.items():
         key = f"{prefix}.{name}" if prefix else name
@@ -201,7 +218,7 @@ def from_dict(cls: type[T], data: typing.Mapping[str, Any] | None, prefix: str =
         elif field.default_factory is not dataclasses.MISSING:
             value = field.default_factory()
         else:
-            raise ConfigError(f"{key}: missing, expected {_describe(hints[name])}")
+            raise ConfigError(f"{key}: missing, expected {_describe(hints[name])}", key)
         _check_range(value, field.metadata, key)
         kwargs[name] = value
     obj = cls(**kwargs)
@@ -211,7 +228,7 @@ def from_dict(cls: type[T], data: typing.Mapping[str, Any] | None, prefix: str =
             check()
         except ConfigError as err:
             if prefix and not str(err).startswith(prefix):
-                raise ConfigError(f"{prefix}.{err}") from None
+                raise ConfigError(f"{prefix}.{err}", f"{prefix}.{err.key}" if err.key else prefix) from None
             raise
     return obj
 

@@ -47,10 +47,11 @@ class ExperimentConfig:
         False, help="local paths (data, runs, reports, backgrounds) are on a filesystem every node mounts at the "
                     "same place (NFS, EFS); without it a multi-node cluster needs s3:// or gs:// URIs")
     concurrent_stages: int | None = spec(
-        None, ge=1, help="raylam pipeline: stages trained at once (independent chains and seeds side by side); "
-                         "null: as many as the cluster's GPUs hold (its autoscaler's maximum), 1 without GPUs")
+        None, ge=1, help="raylam pipeline/train: stages trained at once (independent chains and seeds side by "
+                         "side); null: as many as the GPUs present at the start hold (1 without GPUs). On an "
+                         "autoscaled cluster set it from its node types: GPUs its worker types reach / GPUs per stage")
     stage_retries: int = spec(
-        2, ge=0, help="raylam pipeline: times a stage's driver task is restarted when its process or node dies "
+        2, ge=0, help="raylam pipeline/train: times a stage's driver task is restarted when its process or node dies "
                       "(its Train run resumes from the last checkpoint); an error raised by the stage is never retried")
     seeds: list[int] | None = spec(
         None, ge=0, help="training seeds: the chain runs once per seed, in <storage_path>/<name>/seed<k>/<run_name>, "
@@ -223,5 +224,19 @@ def load_experiment(path: str | Path | None, overrides: list[str] | tuple[str, .
     try:
         return from_dict(ExperimentConfig, data)
     except ConfigError as err:
-        where = f"{path}: " if path is not None else ""
-        raise ConfigError(f"{where}{err}") from None
+        raise ConfigError(blame(err, path, [*overrides, *(f"stages.{o}" for o in per_stage)]), err.key) from None
+
+
+def blame(err: ConfigError, path: str | Path | None, overrides: list[str]) -> str:
+    """``err`` prefixed with where the bad value came from: the command-line override that set the
+    key (or the section holding it), else the file."""
+    if err.key:
+        for item in overrides:
+            key = item.split("=", 1)[0].strip()
+            if err.key == key or err.key.startswith(f"{key}.") or err.key.startswith(f"{key}["):
+                return f"override {item}: {err}"
+        inside = [item for item in overrides if item.startswith(f"{err.key}.")]
+        if inside:  # a check of a whole section that an override changed
+            where = f"{path}: " if path is not None else ""
+            return f"{where}{err} (with override{'s' if len(inside) > 1 else ''} {', '.join(inside)})"
+    return f"{path}: {err}" if path is not None else str(err)

@@ -1,7 +1,7 @@
 """Finished models as plain files: safetensors weights + a JSON config, loadable without Ray.
 
 ``raylam export RUN -o DIR`` (or :func:`export_run`) writes ``DIR/model.safetensors`` and
-``DIR/config.json``; with ``--decoder RUN`` a latent policy and its action decoder go together
+``DIR/config.json`` (DIR may be an ``s3://`` or ``gs://`` URI); with ``--decoder RUN`` a latent policy and its action decoder go together
 (``decoder.safetensors``) and load as one acting policy. :func:`load` (``raylam.load``) needs
 torch and raylam's models only: no Ray, no dataset, no training code.
 
@@ -18,16 +18,65 @@ import json
 import os
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn as nn
 
-from raylam.config import ConfigError, from_dict
+from raylam.config import ConfigError, UserError, from_dict
 from raylam.models import build_model
 from raylam.models.config import ModelConfig
 
 FORMAT = "raylam-export/1"
 CONFIG = "config.json"
 FILES = {"model": "model.safetensors", "decoder": "decoder.safetensors"}
+EXPORTABLE = ("lam", "idm", "bc", "latent_bc")  # stages whose run holds a model (a decoder goes with --decoder)
+
+
+class InputError(UserError, ValueError):
+    """Frames given to a loaded model do not match what it was trained on (config.json)."""
+
+
+def _frames(obs: Any, name: str, config: dict, device: torch.device) -> torch.Tensor:
+    """``obs`` (numpy or torch) as the uint8 [B, stack, H, W, C] tensor the model was trained on, or one
+    error naming what differs: float frames are refused rather than silently read as 0..255."""
+    m = config["model"]["model"]
+    want = (m["frame_stack"], m["image_size"], m["image_size"], m["frame_channels"])
+    layout = f"uint8 [B, {', '.join(map(str, want))}] (config.json: frame_stack {want[0]}, image_size {want[1]})"
+    if isinstance(obs, np.ndarray):
+        obs = np.ascontiguousarray(obs)
+        obs = torch.from_numpy(obs if obs.flags.writeable else obs.copy())
+    elif not isinstance(obs, torch.Tensor):
+        raise InputError(f"{name}: got {type(obs).__name__}, expected a numpy array or torch tensor {layout}")
+    if obs.dtype != torch.uint8:
+        raise InputError(f"{name}: dtype {str(obs.dtype).removeprefix('torch.')}, expected {layout}; float frames "
+                         "are not rescaled: frames in [0, 1] convert with (x * 255).round() to uint8")
+    if obs.ndim != 5 or tuple(obs.shape[1:]) != want:
+        raise InputError(f"{name}: shape {list(obs.shape)}, expected {layout}"
+                         + ("; resize frames to the model's image size" if obs.ndim == 5 else ""))
+    return obs.to(device)
+
+
+def _check_inputs(model: nn.Module, config: dict, device: torch.device) -> None:
+    """Wrap the loaded model's ``act`` / ``latent_action`` to check and convert their frames; numpy in,
+    numpy out."""
+    def back(out: torch.Tensor, like: Any) -> Any:
+        return out.cpu().numpy() if isinstance(like, np.ndarray) else out
+
+    if hasattr(model, "act"):
+        act = model.act
+
+        def checked_act(obs):
+            return back(act(_frames(obs, "obs", config, device)), obs)
+
+        model.act = checked_act
+    if hasattr(model, "latent_action"):
+        latent_action = model.latent_action
+
+        def checked_latent_action(obs, next_obs):
+            return back(latent_action(_frames(obs, "obs", config, device),
+                                      _frames(next_obs, "next_obs", config, device)), obs)
+
+        model.latent_action = checked_latent_action
 
 
 class DecodedPolicy(nn.Module):
@@ -49,14 +98,23 @@ def _part(model: nn.Module, meta: dict, artifact: dict, file: str) -> dict[str, 
 
 
 def export_run(run_dir: str, output: str, decoder_dir: str | None = None) -> str:
-    """Write the model of a finished run (and its decoder) to ``output``; returns the config path."""
+    """Write the model of a finished run (and its decoder) to ``output``, a folder or a URI
+    (``s3://...``, ``gs://...``: written through pyarrow's filesystems, as runs are); returns the
+    config's path there. On a cluster only a URI outlives the node the command ran on."""
+    import shutil
+    import tempfile
+
+    import pyarrow.fs as pafs
     from safetensors.torch import save_model
 
-    from raylam.checks import check_output_dir
+    from raylam.checks import check_output_dir, check_reachable
+    from raylam.cluster import is_uri
+    from raylam.data.storage import resolve
     from raylam.train.artifacts import load_run
 
     check_output_dir(output, "--output")
-    model, meta, artifact = load_run(run_dir)
+    check_reachable(output, "--output")
+    model, meta, artifact = load_run(run_dir, expect_stages=EXPORTABLE)  # a relabel run has no model
     parts = {"model": (model, meta, artifact)}
     if decoder_dir is not None:
         if artifact["stage"] != "latent_bc":
@@ -67,7 +125,9 @@ def export_run(run_dir: str, output: str, decoder_dir: str | None = None) -> str
             raise ConfigError(f"--decoder: {decoder_dir} reads {dmeta['model']['latent_dim']}-dim latents, "
                               f"policy {run_dir} outputs {model.out_dim}")
         parts["decoder"] = (decoder, dmeta, dartifact)
-    os.makedirs(output, exist_ok=True)
+    remote = is_uri(output)
+    folder = tempfile.mkdtemp(prefix="raylam-export-") if remote else output  # safetensors writes local files
+    os.makedirs(folder, exist_ok=True)
     config: dict[str, Any] = {"format": FORMAT, "kind": "decoded_policy" if decoder_dir else artifact["stage"],
                               "source": {"run": run_dir, "decoder_run": decoder_dir,
                                          "dataset": artifact.get("dataset"),
@@ -75,12 +135,22 @@ def export_run(run_dir: str, output: str, decoder_dir: str | None = None) -> str
                                          "seed": (artifact.get("config") or {}).get("seed"),
                                          "step": meta.get("step")}}
     for name, (module, part_meta, part_artifact) in parts.items():
-        save_model(module, os.path.join(output, FILES[name]), metadata={"format": FORMAT})
+        save_model(module, os.path.join(folder, FILES[name]), metadata={"format": FORMAT})
+        os.chmod(os.path.join(folder, FILES[name]), 0o644)  # safetensors writes 0600; an export is for sharing
         config[name] = _part(module, part_meta, part_artifact, FILES[name])
-    path = os.path.join(output, CONFIG)
+    path = os.path.join(folder, CONFIG)
     with open(path, "w") as f:
         json.dump(config, f, indent=2, sort_keys=True)
-    return path
+    if not remote:
+        return path
+    target = resolve(output)
+    try:
+        target.makedirs()
+        pafs.copy_files(folder, target.root, source_filesystem=pafs.LocalFileSystem(),
+                        destination_filesystem=target.fs)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return f"{output.rstrip('/')}/{CONFIG}"
 
 
 def _build(part: dict, directory: str, device: torch.device) -> nn.Module:
@@ -94,8 +164,10 @@ def _build(part: dict, directory: str, device: torch.device) -> nn.Module:
 def load(path: str, device: str | torch.device = "cpu") -> nn.Module:
     """The exported model in ``path`` (a directory written by :func:`export_run`), in eval mode.
 
-    A policy (bc) or a decoded policy answers ``act(obs)``; a LAM or IDM ``latent_action(obs, next_obs)``.
-    ``model.raylam_config`` holds the export's config (frame stack, image size, dims, source run)."""
+    A policy (bc) or a decoded policy answers ``act(obs)``; a LAM or IDM ``latent_action(obs, next_obs)``;
+    a latent policy exported without its decoder (kind ``latent_bc``) answers ``act`` with latent actions.
+    Frames are uint8 [B, stack, H, W, C], numpy (answered with numpy) or torch, checked against
+    ``model.raylam_config``, the export's config (frame stack, image size, dims, source run)."""
     config_path = os.path.join(path, CONFIG)
     if not os.path.isfile(config_path):
         raise FileNotFoundError(f"{path}: no {CONFIG}; not a directory written by `raylam export`")
@@ -108,6 +180,7 @@ def load(path: str, device: str | torch.device = "cpu") -> nn.Module:
     if config.get("decoder"):
         model = DecodedPolicy(model, _build(config["decoder"], path, device)).eval()
     model.raylam_config = config
+    _check_inputs(model, config, device)
     return model
 
 
@@ -117,8 +190,12 @@ def describe(config: dict) -> str:
     if config.get("decoder"):
         parts.append(f"decoder ({config['decoder']['parameters']:,})")
     model = config["model"]["model"]
-    return (f"{config['kind']}: {' + '.join(parts)}; input uint8 [B, {model['frame_stack']}, {model['image_size']}, "
-            f"{model['image_size']}, {model['frame_channels']}], action_dim {config['model']['action_dim']}")
+    shape = f"input uint8 [B, {model['frame_stack']}, {model['image_size']}, {model['image_size']}, " \
+            f"{model['frame_channels']}]"
+    if config["kind"] == "latent_bc":  # act() answers the LAM's latent actions; the decoder makes them actions
+        return (f"{config['kind']}: {' + '.join(parts)}; {shape}, outputs latent actions [B, {model['latent_dim']}] "
+                "(no decoder: export with --decoder RUN for environment actions)")
+    return f"{config['kind']}: {' + '.join(parts)}; {shape}, action_dim {config['model']['action_dim']}"
 
 
-__all__ = ["DecodedPolicy", "describe", "export_run", "load"]
+__all__ = ["DecodedPolicy", "InputError", "describe", "export_run", "load"]

@@ -14,7 +14,7 @@ import time
 import uuid
 
 from raylam.cluster import cluster_resources, require_cluster_paths
-from raylam.config import ConfigError, to_dict
+from raylam.config import ConfigError, UserError, to_dict
 from raylam.experiment import ExperimentConfig
 from raylam.train.config import UPSTREAM_FIELDS
 
@@ -85,28 +85,31 @@ def stage_inputs(exp: ExperimentConfig, index: int) -> list[int]:
 
 
 def concurrent_stages(exp: ExperimentConfig) -> int:
-    """How many stages train at once: ``concurrent_stages``, or as many as the cluster's GPUs (the
-    most its autoscaler may provide, else those present) hold at one stage's GPUs; 1 without GPUs,
-    where a stage already uses the machine's CPUs."""
+    """How many stages train at once: ``concurrent_stages``, else as many as the GPUs present now hold
+    at one stage's GPUs (1 without GPUs, where a stage already uses the machine's CPUs).
+
+    The GPUs present are right for a fixed cluster only: an autoscaled one starts with its head
+    alone, and Ray 2.60 tells a driver nothing about its node types (``get_cluster_config()`` and
+    ``get_max_resources_from_cluster_config()`` read a key that neither the cluster launcher nor
+    KubeRay writes), so there ``concurrent_stages`` is the user's: the GPUs its worker types reach
+    (max_workers x GPUs per node) divided by one stage's (num_workers x gpus_per_worker)."""
     if exp.concurrent_stages is not None:
         return exp.concurrent_stages
-    try:
-        from ray._private.state import state
-
-        most = state.get_max_resources_from_cluster_config() or {}
-    except Exception:
-        most = {}
-    gpus = most.get("GPU") or cluster_resources().get("GPU", 0)
+    gpus = cluster_resources().get("GPU", 0)
     per_stage = exp.train.num_workers * exp.train.gpus_per_worker if exp.train.use_gpu else 0
     return max(1, int(gpus // per_stage)) if per_stage else 1
 
 
 def run_stages(exp: ExperimentConfig, stages: list[int], force: bool, timings: dict) -> None:
-    """Train ``stages`` for every seed in dependency order. One at a time in this process, or, with
-    room for several, each as a Ray task (pinned to the head when the cluster declares a ``head``
-    resource) as soon as the stages it reads are done: the method chains and seeds are independent."""
+    """Train ``stages`` for every seed in dependency order, skipping those already done (a rerun of
+    the same job trains nothing). On a Ray this process started, with room for one stage, one at a
+    time in this process; otherwise (any cluster raylam joined, or room for several) each as a Ray
+    task retried ``stage_retries`` times if its process or node dies, pinned to the head when the
+    cluster declares a ``head`` resource, started as soon as the stages it reads are done: the method
+    chains and seeds are independent."""
     import ray
 
+    from raylam.cluster import started_here
     from raylam.train.trainer import train
 
     seeds = exp.seed_list()
@@ -127,10 +130,11 @@ def run_stages(exp: ExperimentConfig, stages: list[int], force: bool, timings: d
             print(f"== stage {k}/{total} {label(*job)}: already done with this config, skipped", flush=True)
             return None
         what = f"labels from {stage.lam_run}" if not stage.kind.trains else stage.model.method
-        print(f"== stage {k}/{total} {label(*job)}: {stage.stage} ({what}, seed {seed})", flush=True)
+        print(f"== stage {k}/{total} {label(*job)}: {stage.stage} ({what}, seed {seed}) -> "
+              f"{stage.storage_path}/{stage.run_name}", flush=True)
         return stage
 
-    if limit == 1:
+    if limit == 1 and started_here():
         for k, job in enumerate(jobs, 1):
             stage = start(job, k)
             if stage is not None:
@@ -144,7 +148,9 @@ def run_stages(exp: ExperimentConfig, stages: list[int], force: bool, timings: d
     # and resumes its Train run; under --force every retry resumes the one fresh attempt it started
     remote_train = ray.remote(_train_stage).options(num_cpus=0, max_retries=exp.stage_retries, resources=head)
     pending, started = list(jobs), 0
-    print(f"== {total} stages, up to {limit} at once", flush=True)
+    hint = "" if exp.concurrent_stages is not None else \
+        " (concurrent_stages=N: how many an autoscaled cluster's GPU node types hold)"
+    print(f"== {total} stages, up to {limit} at once as retried Ray tasks{hint}", flush=True)
     while pending or running:
         for job in list(pending):
             if len(running) >= limit:
@@ -164,7 +170,12 @@ def run_stages(exp: ExperimentConfig, stages: list[int], force: bool, timings: d
             continue
         ready, _ = ray.wait(list(running), num_returns=1)
         job, t = running.pop(ready[0])
-        ray.get(ready[0])  # a failed stage stops the pipeline here, with its error
+        try:
+            ray.get(ready[0])  # a failed stage stops the pipeline here, with its error
+        except ray.exceptions.RayTaskError as err:
+            if isinstance(err.cause, UserError):  # bad input found in the stage's task: its one line
+                raise err.cause from None
+            raise
         done.add(job)
         timings[label(*job)] = time.perf_counter() - t
         print(f"== stage {label(*job)} done ({timings[label(*job)]:.0f} s)", flush=True)

@@ -74,7 +74,7 @@ def s3_server(tmp_path_factory):
     import boto3
 
     client = boto3.client("s3")
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 180
     while True:  # wait until it answers (a started server, not an elapsed time)
         try:
             client.list_buckets()

@@ -94,7 +94,7 @@ WAIT_STEP = 4
 def chaos(cluster, workers: list, out: Path, runs: Path, log: dict, names: dict, go: Path) -> None:
     """When both workers of a trial wait after step WAIT_STEP and Tune has that report, remove the node
     of its second worker and add a replacement; Train restarts the group from the step-4 checkpoint."""
-    deadline = time.time() + 300
+    deadline = time.time() + 900
     by_id = {node.node_id: node for node in workers}
     while time.time() < deadline:
         for groups in sorted(out.glob("groups-*.jsonl")):

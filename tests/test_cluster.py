@@ -141,13 +141,44 @@ def test_setup_node_script_installs_nothing_twice(tmp_path):
     result = subprocess.run(["bash", str(CLUSTER / "setup_node.sh"), str(REPO)], env=env,
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    calls = log.read_text().splitlines()
+    all_calls = log.read_text().splitlines()
+    calls = [c for c in all_calls if not c.startswith(("apt-get", "sudo"))]  # render libraries this machine lacks
     assert calls[0] == "python -c import torch", calls  # torch "is there": not installed again
     assert f"pip install -q -e {REPO}" in calls, calls
     assert not [c for c in calls if c.startswith("pip") and "torch" in c], calls
     assert "import raylam, ray, torch" in calls[-1], calls  # the final check
-    if subprocess.run("ldconfig -p | grep -q libEGL.so.1", shell=True).returncode == 0:
-        assert not [c for c in calls if c.startswith(("apt-get", "sudo"))], calls
+    libraries = ("libOSMesa", "libEGL.so.1", "libGL.so.1", "libGLESv2.so.2", "libOpenGL.so.0")
+    if all(subprocess.run(f"ldconfig -p | grep -q {lib}", shell=True).returncode == 0 for lib in libraries):
+        assert calls == all_calls, all_calls  # nothing to install
+
+
+def test_setup_node_script_fails_loudly_when_a_gpu_nodes_torch_sees_no_cuda(tmp_path):
+    """A node with a GPU (nvidia-smi answers) whose torch has no CUDA: the setup stops with one
+    message naming the driver and the knobs, instead of printing `cuda False` and going on. torch
+    is installed pinned, from the CUDA 12.8 index."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "calls.log"
+    stubs = {
+        "pip": f'echo "pip $*" >> {log}',
+        "sudo": f'echo "sudo $*" >> {log}', "apt-get": f'echo "apt-get $*" >> {log}',
+        "nvidia-smi": 'case "$*" in *driver_version*) echo 535.183.01;; *) echo "GPU 0: NVIDIA A10G";; esac',
+        # no torch at first; once "installed", torch imports but sees no CUDA
+        "python": f'echo "python $*" >> {log}\ncase "$*" in "-c import torch") grep -q "pip install" {log};;\n'
+                  '*cuda.is_available*else*) exit 1;; *) echo "2.13.0 built for CUDA 13.0";; esac',
+    }
+    for tool, body in stubs.items():
+        (bin_dir / tool).write_text(f"#!/bin/sh\n{body}\n")
+        (bin_dir / tool).chmod(0o755)
+    env = {"PATH": f"{bin_dir}:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": str(tmp_path)}
+    result = subprocess.run(["bash", str(CLUSTER / "setup_node.sh"), str(REPO)], env=env,
+                            capture_output=True, text=True)
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    calls = log.read_text().splitlines()
+    assert "pip install -q torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128" in calls, calls
+    message = result.stderr.strip().splitlines()[-1]
+    assert "has a GPU (driver 535.183.01)" in message and "sees no CUDA" in message, message
+    assert "RAYLAM_TORCH_INDEX" in message, message
 
 
 def test_dockerfile_builds_from_the_ray_image():
@@ -172,6 +203,18 @@ def _check_shm(group: dict, name: str) -> None:
         mounts = {m["mountPath"]: m["name"] for m in container.get("volumeMounts", [])}
         assert "/dev/shm" in mounts, name
         assert volumes[mounts["/dev/shm"]]["emptyDir"]["medium"] == "Memory", name
+        # the object store is sized to fit the volume, with room to spare for NCCL and torch (Ray's
+        # default, 30% of the pod's memory, may not fit: it would fall back to /tmp)
+        shm = _bytes(volumes[mounts["/dev/shm"]]["emptyDir"]["sizeLimit"])
+        store = int(group["rayStartParams"]["object-store-memory"])
+        assert 0 < store <= 0.8 * shm, name
+        assert store <= 0.3 * _bytes(container["resources"]["limits"]["memory"]), name
+
+
+def _bytes(quantity: str) -> int:
+    """A Kubernetes binary quantity ("16Gi") in bytes."""
+    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+    return int(quantity[:-2]) * units[quantity[-2:]] if quantity[-2:] in units else int(quantity)
 
 
 def _check_raycluster_spec(spec: dict) -> None:

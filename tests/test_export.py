@@ -49,7 +49,7 @@ def load_without_ray(export: str, script: str) -> dict:
     """Run ``script`` (with ``model = raylam.load(export)``) in a fresh interpreter; check Ray never loaded."""
     code = (f"import sys, json, torch, raylam\nmodel = raylam.load({export!r})\n{script}\n"
             "assert 'ray' not in sys.modules, 'raylam.load imported ray'\n")
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=900,
                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -101,3 +101,54 @@ def test_export_errors_are_one_line(tmp_path, capsys):
         import raylam
 
         raylam.load(str(tmp_path))
+
+
+def test_load_checks_its_inputs_and_takes_numpy(tmp_path, capsys):
+    """numpy in, numpy out; a wrong size, float frames or a list fail with one clear error."""
+    import raylam
+    from raylam.export import InputError
+
+    cfg = ModelConfig.small("bc")
+    run, policy = save_run(tmp_path / "bc", cfg, "bc", 0)
+    out = tmp_path / "bc_export"
+    assert main(["export", run, "-o", str(out)]) == 0
+    assert all((p.stat().st_mode & 0o777) == 0o644 for p in out.iterdir())  # readable by everyone it is shared with
+    loaded = raylam.load(str(out))
+    obs = frames(2, cfg, 1)
+    got = loaded.act(obs.numpy())
+    assert isinstance(got, np.ndarray)
+    np.testing.assert_allclose(got, policy.act(obs).numpy(), rtol=1e-5, atol=1e-6)
+    size = cfg.image_size
+    big = np.zeros((2, cfg.frame_stack, size + 32, size + 32, 3), np.uint8)
+    with pytest.raises(InputError, match=rf"obs: shape \[2, {cfg.frame_stack}, {size + 32}, {size + 32}, 3\], expected "
+                                         rf"uint8 \[B, {cfg.frame_stack}, {size}, {size}, 3\].*resize frames"):
+        loaded.act(big)
+    with pytest.raises(InputError, match="obs: dtype float32, expected uint8.*float frames are not rescaled"):
+        loaded.act(obs.float() / 255)
+    with pytest.raises(InputError, match=r"obs: shape \[.*\], expected uint8 \[B, "):
+        loaded.act(obs[0])  # no batch dimension
+    with pytest.raises(InputError, match="obs: got list, expected a numpy array or torch tensor"):
+        loaded.act(obs.tolist())
+
+
+def test_lam_checks_both_frames(tmp_path):
+    import raylam
+    from raylam.export import InputError, export_run
+
+    cfg = ModelConfig.small("laom", latent_dim=8)
+    run, lam = save_run(tmp_path / "lam", cfg, "lam", 2)
+    export_run(run, str(tmp_path / "lam_export"))
+    loaded = raylam.load(str(tmp_path / "lam_export"))
+    obs, nxt = frames(2, cfg, 4), frames(2, cfg, 5)
+    np.testing.assert_allclose(loaded.latent_action(obs.numpy(), nxt.numpy()), lam.latent_action(obs, nxt).numpy(),
+                               rtol=1e-5, atol=1e-6)
+    with pytest.raises(InputError, match="next_obs: dtype int64"):
+        loaded.latent_action(obs, nxt.long())
+
+
+def test_a_latent_policy_without_its_decoder_says_so(tmp_path, capsys):
+    run, _ = save_run(tmp_path / "bc", ModelConfig.small("latent_bc", latent_dim=8), "latent_bc", 0)
+    assert main(["export", run, "-o", str(tmp_path / "x")]) == 0
+    captured = capsys.readouterr()
+    assert "outputs latent actions [B, 8] (no decoder" in captured.out and "action_dim" not in captured.out
+    assert "--decoder RUN" in captured.err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from raylam.config import from_dict, to_dict
@@ -67,6 +68,20 @@ def test_same_seed_same_losses_other_seed_other_losses():
     assert a[0] != c[0]
 
 
+def test_reports_carry_the_objective_as_loss_and_the_probes_apart():
+    """``loss`` in every report is the model's own objective (LAOM+sup: latent + coef * supervised),
+    not the probes-included total it minimised; the probes are their own keys."""
+    cfg = config("laom_sup", steps=3)
+    model, optimizer, scheduler = setup_model(cfg, DIMS, torch.device("cpu"))
+    reports = []
+    fit(model, model, optimizer, scheduler, Data(cfg, store()), cfg, torch.device("cpu"), 1, 0,
+        lambda values, step: reports.append(values))
+    assert len(reports) == 3
+    for v in reports:
+        assert v["loss"] == pytest.approx(v["laom/latent_loss"] + cfg.model.sup_coef * v["laom/sup_loss"], rel=1e-5)
+        assert v["probe/loss"] == pytest.approx(v["probe/action_mse"] + v["probe/state_mse"], rel=1e-5)
+
+
 def test_same_seed_same_relabels():
     """Relabeling is inference with the trained weights: same seed, same weights, same labels."""
     clips = store()
@@ -122,7 +137,9 @@ def test_progress_line_per_report():
     assert lines[2].endswith("ETA 10s") and lines[3].endswith("done in 40s")
     resumed = Progress("x", 100, start_step=50, clock=iter([0, 30]).__next__)
     assert resumed.line({"heldout/probe/action/mse": 0.25, "heldout/probe/action/r2": 0.1}, 60) == (
-        "x | step  60/100 ( 60%) | probe/action/mse 0.25 | ETA 2m00s")
+        "x | step  60/100 ( 60%) | held-out action probe R² 0.100 | ETA 2m00s")
+    policy = Progress("bc", 10, clock=iter([0, 1]).__next__)  # no probe: the held-out action head's MSE
+    assert policy.line({"heldout/bc/action/mse": 0.5}, 10) == "bc | step 10/10 (100%) | bc/action/mse 0.5 | done in 1s"
     assert format_duration(3725) == "1h02m" and format_duration(59.6) == "1m00s"
 
 

@@ -360,6 +360,46 @@ def test_failed_shard_keeps_finished_ones_and_rerun_completes(ray_local, tmp_pat
     assert len(keys) == len(set(keys)) == manifest["num_samples"]
 
 
+@pytest.mark.slow
+def test_rerun_drops_an_episode_whose_decode_failed(ray_local, tmp_path):
+    """The user removes the video that failed and reruns: the episode is dropped (named in the
+    manifest), finished shards are kept; removing an episode that was written is still refused."""
+    import shutil
+
+    from raylam.data.inspect import inspect_dataset
+
+    src, out = tmp_path / "src", tmp_path / "out"
+    for i in range(3):
+        write_jpgs(src / f"run{i}", frames_of(i, 10, 16, 16))
+    (src / "run1" / "5.jpg").write_bytes(b"not a jpeg")
+    cfg = ingest_config("frame_folders", [src], out, episodes_per_shard=1, num_workers=1)
+    with pytest.raises(IngestError, match=r"1 of 3 shards failed.*an episode removed from the source is dropped"):
+        ingest(cfg)
+    first = (out / "shard-000000.tar").stat().st_mtime_ns
+    shutil.rmtree(src / "run1")
+    manifest = ingest(cfg)
+    assert manifest["dropped_episodes"] == ["run1"] and manifest["num_episodes"] == 2
+    assert [s["episodes"] for s in manifest["shards"]] == [["run0"], ["run2"]]
+    assert (out / "shard-000000.tar").stat().st_mtime_ns == first  # the finished shard was kept
+    report = inspect_dataset(str(out))
+    assert report.ok, report.summary()
+    shutil.rmtree(src / "run2")
+    with pytest.raises(IngestError, match="episode 'run2' is gone from the source but was written to shard-000001"):
+        ingest(cfg)
+
+
+@pytest.mark.slow
+def test_train_on_imported_data_without_heldout_names_the_ingest_keys(video_dataset, capsys, tmp_path):
+    from raylam.cli import main
+
+    root = Path(__file__).resolve().parents[1]
+    assert main(["train", "--config", str(root / "configs" / "ingest_example.yaml"),
+                 f"train.dataset={video_dataset[0]}", f"train.storage_path={tmp_path}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "eval_every: got 100" in err and "ingest.min_heldout" in err, err
+    assert "collect.heldout_episodes" not in err
+
+
 def test_bad_inputs_fail_before_any_work(tmp_path):
     videos = tmp_path / "videos"
     videos.mkdir()

@@ -73,7 +73,7 @@ class LocalHead:
         self.log = open(Path(self.temp_dir) / "ray_start.log", "w+")
         self.proc: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 180.0) -> None:
+    def start(self, timeout: float = 540.0) -> None:
         ray_cli = Path(sys.executable).with_name("ray")
         cmd = [
             str(ray_cli), "start", "--head", "--block",
@@ -124,7 +124,7 @@ class LocalHead:
         if self.proc is None:
             return []
         pgid = self.proc.pid  # start_new_session: the group id is the leader's pid
-        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):
+        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 60.0)):  # generous: a loaded machine reaps slowly
             try:
                 os.killpg(pgid, sig)
             except ProcessLookupError:
@@ -152,6 +152,9 @@ def _collect_entrypoint(output: Path) -> str:
         f"collect.output={output}",
         "collect.episodes=1", "collect.heldout_episodes=0", "collect.num_labeled=1",
         "collect.env.episode_length=30", "collect.progress=false", "collect.env.preset=vanilla",
+        # a submitted job joins a cluster raylam did not start, where local paths are refused unless
+        # declared shared: this one-machine cluster's disk is every node's
+        "shared_filesystem=true",
     ]
     return shlex.join(args)
 
@@ -174,7 +177,7 @@ def test_ray_job_submit_runs_raylam_collect(tmp_path):
         client = head.client
         # The dashboard answers before the head's job agent has registered ("No available agent
         # to submit job, please try again later"): retry for a while, as the message says.
-        submit_deadline = time.monotonic() + 90
+        submit_deadline = time.monotonic() + 270
         while True:
             try:
                 job_id = client.submit_job(entrypoint=_collect_entrypoint(output), runtime_env=runtime_env)
@@ -183,7 +186,7 @@ def test_ray_job_submit_runs_raylam_collect(tmp_path):
                 if "No available agent" not in str(err) or time.monotonic() > submit_deadline:
                     raise
                 time.sleep(1.0)
-        deadline = time.monotonic() + 180
+        deadline = time.monotonic() + 540  # CI machines run 3x slower at times
         status = client.get_job_status(job_id)
         while not status.is_terminal() and time.monotonic() < deadline:
             time.sleep(1.0)

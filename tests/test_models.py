@@ -322,6 +322,34 @@ def test_probes_never_change_the_models_gradients(method):
             assert torch.allclose(p.grad, grads[name].grad, atol=1e-6), name
 
 
+# The objective's terms, as each method reports them: loss == sum(weight * metrics[term]).
+OBJECTIVE_TERMS = {
+    "laom_sup": lambda cfg: {"laom/latent_loss": 1.0, "laom/sup_loss": cfg.sup_coef},
+    "laom": lambda cfg: {"laom/latent_loss": 1.0},
+    "lapo": lambda cfg: {"lapo/recon_loss": 1.0, "lapo/quantizer_loss": 1.0 if cfg.quantizer != "none" else 0.0},
+    "idm": lambda cfg: {"idm/action_mse": 1.0},
+}
+
+
+@pytest.mark.parametrize("method, overrides", [("laom_sup", {}), ("laom", {}), ("lapo", {}),
+                                               ("lapo", {"quantizer": "vq"}), ("idm", {})])
+def test_reported_loss_is_the_objective_without_the_probes(method, overrides):
+    """``loss`` is the model's own objective (the sum of its terms); the probes report apart, and
+    the minimised total still holds their losses, so the same backward pass trains them."""
+    cfg = small(method, **overrides)
+    model = build_model(cfg, A, S)
+    total, metrics = model.loss(fake_batch(cfg), fake_batch(cfg, 3, labeled=1.0))
+    terms = OBJECTIVE_TERMS[method](cfg)
+    objective = sum(w * float(metrics[k]) for k, w in terms.items() if w)
+    assert float(metrics["loss"]) == pytest.approx(objective, rel=1e-5)
+    probes = [k for k in metrics if k.startswith("probe/") and k != "probe/loss"]
+    assert probes and float(metrics["probe/loss"]) == pytest.approx(sum(float(metrics[k]) for k in probes), rel=1e-5)
+    assert float(total.detach()) == pytest.approx(float(metrics["loss"]) + float(metrics["probe/loss"]), rel=1e-5)
+    assert float(metrics["probe/loss"]) > 0.1 * float(metrics["loss"])  # the probes would have shown in `loss`
+    total.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.probes.parameters())
+
+
 def test_laom_sup_supervises_labeled_rows_without_a_labeled_batch():
     cfg = small("laom_sup")
     model = build_model(cfg, A, S)

@@ -75,7 +75,7 @@ def test_multinode_training_with_storage_only_on_s3(s3_server, tmp_path):
     """A 3-node Cluster (head without CPUs) in a subprocess: local paths are refused; with data and
     runs on S3, a 2-node DDP stage survives a worker failure and relabeling writes from the workers."""
     bucket = s3_server()
-    result = run_cluster_script(ROOT / "tests" / "multinode_s3.py", [bucket], tmp_path / "multinode", timeout=600)
+    result = run_cluster_script(ROOT / "tests" / "multinode_s3.py", [bucket], tmp_path / "multinode", timeout=1200)
     assert "train" in result, result
 
     code, message = result["local_refused"]

@@ -121,7 +121,7 @@ def test_analysis_notebook_runs_on_the_outputs(quickstart, monkeypatch):
     monkeypatch.setenv("RAYLAM_RESULTS", exp.eval_output())
     monkeypatch.delenv("RAYLAM_SWEEP", raising=False)
     nb = nbformat.read(ROOT / "notebooks" / "analysis.ipynb", as_version=4)
-    NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
+    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
     outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
     assert not [o for o in outputs if o.get("output_type") == "error"]
     assert any("image/png" in o.get("data", {}) for o in outputs)

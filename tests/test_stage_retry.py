@@ -60,7 +60,7 @@ def test_a_stage_driver_that_dies_is_retried_and_resumes(ray_with_dashboard, tmp
 
     def kill_driver_once_checkpointed():
         waiting = Path(f"{go}.waiting-0")
-        deadline = time.monotonic() + 300
+        deadline = time.monotonic() + 900  # generous: CI runs 3x slower at times
         while not waiting.exists() and time.monotonic() < deadline:
             time.sleep(0.1)
         (attempt,) = (runs / "retry" / "bc").glob("train-*")
@@ -80,7 +80,7 @@ def test_a_stage_driver_that_dies_is_retried_and_resumes(ray_with_dashboard, tmp
     killer = threading.Thread(target=kill_driver_once_checkpointed, daemon=True)
     killer.start()
     run_stages(exp, [0], force=True, timings={})
-    killer.join(timeout=10)
+    killer.join(timeout=120)
     assert killed, "the driver was never killed"
     assert not Path(f"{go}.waiting-0").exists(), "the retried driver trained from scratch"
     artifact = json.loads((runs / "retry" / "bc" / "artifact.json").read_text())
@@ -88,7 +88,7 @@ def test_a_stage_driver_that_dies_is_retried_and_resumes(ray_with_dashboard, tmp
                    for p in Path(artifact["checkpoint"]).parent.glob("checkpoint_*/meta.json"))
     assert steps == [2, 4] and artifact["metrics"]["step"] == 4
     assert len(list((runs / "retry" / "bc").glob("train-*"))) == 1
-    deadline = time.monotonic() + 60  # the dead driver's worker group is released, not held for the session
+    deadline = time.monotonic() + 180  # the dead driver's worker group is released, not held for the session
     while ray.available_resources().get("CPU", 0) < 2 and time.monotonic() < deadline:
         time.sleep(0.5)
     assert ray.available_resources().get("CPU", 0) == 2, ray.available_resources()

@@ -6,8 +6,10 @@
 # training on the GPU nodes, probes and rollouts as Ray actors and tasks. Data, runs, labels and
 # reports live on object storage: nodes share no disk.
 #   RAYLAM_STORAGE   where everything goes, e.g. s3://BUCKET/raylam (set in runtimeEnvYAML)
-# Each step resumes when the job is retried (backoffLimit): finished shards, stages and rollout
-# episodes are skipped.
+# Each step resumes when the job is retried (backoffLimit): finished shards are skipped, `raylam
+# train` skips every stage whose artifact records its identity (a finished relabeling included:
+# nothing is retrained or relabeled) and resumes a cut-off one from its checkpoint, and finished
+# rollout episodes are skipped.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 : "${RAYLAM_STORAGE:?set RAYLAM_STORAGE (e.g. s3://BUCKET/raylam) in the RayJob runtimeEnvYAML env_vars}"

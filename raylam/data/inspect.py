@@ -176,20 +176,25 @@ def render_clean(task: str, physics: np.ndarray, image_size: int, camera_id: int
 
 
 def sample_clips(uri: str, count: int, seed: int = 0) -> list[Clip]:
-    """``count`` clips from distinct shards where possible, chosen by seed."""
+    """Up to ``count`` distinct clips chosen by seed, spread over as many shards as there are: one
+    per shard in a seeded shard order, then a second from each, and so on (never the same clip twice;
+    fewer when the dataset holds fewer)."""
     location = resolve(uri)
     manifest = load_manifest(location)
     rng = np.random.default_rng(seed)
-    names = [s["name"] for s in manifest["shards"]]
-    chosen = rng.choice(len(names), size=min(count, len(names)), replace=False)
+    entries = [manifest["shards"][i] for i in rng.permutation(len(manifest["shards"]))]
+    picks: dict[str, list[int]] = {}  # shard -> sample indices, in the order they are taken
+    orders = {e["name"]: list(rng.permutation(e["samples"])) for e in entries}
+    while sum(map(len, picks.values())) < count and any(orders.values()):
+        for entry in entries:
+            if orders[entry["name"]] and sum(map(len, picks.values())) < count:
+                picks.setdefault(entry["name"], []).append(int(orders[entry["name"]].pop(0)))
     clips: list[Clip] = []
-    for i in chosen:
-        with location.open_read(names[i]) as stream:
-            samples = list(iter_tar_samples(stream, location.url(names[i])))
-        clips.append(decode_sample(samples[int(rng.integers(len(samples)))], location.url(names[i])))
-    while len(clips) < count and clips:
-        clips.append(clips[len(clips) % len(chosen)])
-    return clips[:count]
+    for name, indices in picks.items():
+        with location.open_read(name) as stream:
+            samples = list(iter_tar_samples(stream, location.url(name)))
+        clips += [decode_sample(samples[i], location.url(name)) for i in indices if i < len(samples)]
+    return clips
 
 
 def frame_grid(uri: str, png_path: str, clips: int = 3, frames_per_clip: int = 6, seed: int = 0) -> str:

@@ -5,11 +5,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from raylam.config import UserError
 from raylam.data.storage import Location
 
 MANIFEST = "manifest.json"
 PLAN = "collect_config.json"
 FORMAT = "raylam-webdataset/1"
+
+
+class ManifestError(UserError, ValueError):
+    """A file named manifest.json that is not a raylam dataset's: one line from the CLI."""
 
 
 def load_manifest(location: Location) -> dict[str, Any]:
@@ -19,5 +24,5 @@ def load_manifest(location: Location) -> dict[str, Any]:
         )
     manifest = location.read_json(MANIFEST)
     if manifest.get("format") != FORMAT:
-        raise ValueError(f"{location.url(MANIFEST)}: format {manifest.get('format')!r}, expected {FORMAT!r}")
+        raise ManifestError(f"{location.url(MANIFEST)}: format {manifest.get('format')!r}, expected {FORMAT!r}")
     return manifest

@@ -149,6 +149,9 @@ def configure_data_context(progress: bool) -> None:
     """
     from ray.data import DataContext
 
+    from raylam.console import quiet_ray
+
+    quiet_ray()  # bars off on purpose: no "Progress bars disabled" from this process (Train workers included)
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = progress
     ctx.print_on_execution_start = progress

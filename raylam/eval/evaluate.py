@@ -124,6 +124,9 @@ def _document(cfg: EvalConfig, experiment: str, rows: list[dict], wall_s: float)
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "wall_s": wall_s,
         "seeds": seeds,
+        # the label budgets of the methods' rows (each row records its own num_labeled and seed), so
+        # a file among many that `raylam report` merges says at a glance which cell it holds
+        "num_labeled": sorted({r["num_labeled"] for r in rows if r["method"] not in REFERENCES}),
         "config": to_dict(cfg),
         "rows": rows,
     }

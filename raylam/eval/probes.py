@@ -30,6 +30,7 @@ from raylam.models import Batch, Moments, RidgeFit
 from raylam.models.batch import rows_to_batch
 from raylam.models.probes import finite_rows
 from raylam.train.artifacts import load_run
+from raylam.train.relabel import writable
 
 
 def _windows(info: DatasetInfo, frame_stack: int, split: str, limit: int | None, cfg: ProbeConfig, device):
@@ -119,10 +120,12 @@ class ProbeStatistics:
 
     def __init__(self, run_dir: str, state_features: str, batch_size: int, use_gpu: bool,
                  weights: dict[str, np.ndarray] | None = None):
-        self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+        from raylam.cluster import cuda_device
+
+        self.device = cuda_device("probe actor") if use_gpu else torch.device("cpu")
         self.model, _, _ = load_run(run_dir, self.device, expect_stages=("lam", "idm"))
         self.state_features, self.batch_size = state_features, batch_size
-        self.weights = None if weights is None else {k: torch.from_numpy(v).to(self.device)
+        self.weights = None if weights is None else {k: torch.from_numpy(writable(v)).to(self.device)
                                                      for k, v in weights.items()}
 
     @torch.no_grad()
@@ -131,7 +134,7 @@ class ProbeStatistics:
         has_states = "states" in rows and rows["states"].ndim == 2 and rows["states"].shape[1] > 0
         sums: dict[str, RidgeFit | Moments] = {}
         for begin in range(0, n, self.batch_size):
-            chunk = {k: torch.from_numpy(np.ascontiguousarray(rows[k][begin:begin + self.batch_size]))
+            chunk = {k: torch.from_numpy(writable(rows[k][begin:begin + self.batch_size]))
                      for k in _WINDOW_KEYS if k in rows}
             if not has_states:  # a dataset without proprioceptive states: the action probe only
                 chunk["states"] = torch.zeros(len(chunk["actions"]), 0)
@@ -182,7 +185,7 @@ def _summed(ds) -> dict[str, torch.Tensor]:
             totals[key] = part if key not in totals else totals[key] + part
     if not totals:
         raise ValueError("probe: no windows reached the probe actors")
-    return {k: torch.from_numpy(np.asarray(v)) for k, v in totals.items()}
+    return {k: torch.from_numpy(writable(np.asarray(v))) for k, v in totals.items()}
 
 
 def probe_run(run_dir: str, cfg: ProbeConfig, dataset: str | None = None) -> dict:

@@ -14,8 +14,10 @@ background videos are reported once per background split, side by side: the pape
 from __future__ import annotations
 
 import html
+import json
 import math
 import os
+import textwrap
 from collections import defaultdict
 
 import numpy as np
@@ -43,19 +45,59 @@ def load_results(path: str) -> dict:
     return results
 
 
+def find_results(path: str) -> list[str]:
+    """The ``results.json`` files ``path`` names: the file; an evaluation directory's own; a local
+    glob (``docs/results/*/results.json``); or, for a folder with none of its own, every one below
+    it (on any storage), so results that accumulate in a folder are merged by naming the folder."""
+    import glob
+
+    if any(ch in path for ch in "*?[") and "://" not in path:
+        return sorted(glob.glob(path, recursive=True))
+    if path.endswith(".json"):
+        return [path]
+    location = resolve(path)
+    from raylam.eval.evaluate import RESULTS
+
+    if location.exists(RESULTS):
+        return [location.url(RESULTS) if "://" in path else os.path.join(path, RESULTS)]
+    import pyarrow.fs as pafs
+
+    selector = pafs.FileSelector(location.root, recursive=True, allow_not_found=True)
+    found = sorted(info.path for info in location.fs.get_file_info(selector)
+                   if info.type == pafs.FileType.File and info.base_name == RESULTS)
+    if "://" in path and not path.startswith("file://"):  # back to URIs the reader resolves
+        prefix = path.split("://", 1)[0] + "://"
+        found = [prefix + f for f in found]
+    return found
+
+
 def merge_results(paths: list[str]) -> dict:
-    """One results document holding the rows of every evaluation in ``paths`` (each row keeps its source)."""
+    """One results document holding the rows of every evaluation in ``paths`` (each row keeps its
+    source): files, evaluation directories, folders of many evaluations or local globs (see
+    :func:`find_results`). A row found twice (an evaluation's ``seed<k>/results.json`` repeats its
+    rows) counts once, so a (method, budget, seed) cell is never weighted twice in a mean."""
     from raylam.eval.evaluate import RESULTS_FORMAT
 
     if not paths:
         raise ValueError("report: give at least one evaluation directory or results.json")
-    rows, rollout_configs = [], []
+    files: list[str] = []
     for path in paths:
+        found = find_results(path)
+        if not found:
+            raise FileNotFoundError(f"{path}: no results.json there (an evaluation directory, a results.json, "
+                                    "a folder holding evaluations or a glob of them)")
+        files += [f for f in found if f not in files]
+    rows, rollout_configs, seen = [], [], set()
+    for path in files:
         results = load_results(path)
         rollout_configs.append((results.get("config") or {}).get("rollout"))
         for row in results["rows"]:
+            identity = json.dumps(row, sort_keys=True, default=str)
+            if identity in seen:
+                continue
+            seen.add(identity)
             rows.append({**row, "source": path})
-    merged = {"format": RESULTS_FORMAT, "experiment": "merged", "sources": list(paths),
+    merged = {"format": RESULTS_FORMAT, "experiment": "merged", "sources": files,
               "seeds": sorted({r["seed"] for r in rows if r.get("seed") is not None}), "rows": rows}
     if rollout_configs[0] and all(c == rollout_configs[0] for c in rollout_configs):
         merged["config"] = {"rollout": rollout_configs[0]}  # the caption can describe the rollouts
@@ -63,8 +105,8 @@ def merge_results(paths: list[str]) -> dict:
 
 
 def _order(methods) -> list[str]:
-    known = [m for m in METHOD_ORDER if m in methods]
-    return known + sorted(m for m in methods if m not in METHOD_ORDER)
+    """The paper's method order; a label such as ``laom (vanilla data)`` sorts with its method."""
+    return sorted(methods, key=lambda m: (_rank(m.split(" (")[0]), m))
 
 
 def _rank(method: str) -> int:
@@ -74,13 +116,23 @@ def _rank(method: str) -> int:
 REFERENCE_METHODS = ("expert", "random")
 
 
+SPLIT_ORDER = ("train", "eval")  # the paper's protocol first, then held-out backgrounds
+
+
 def _settings(rows: list[dict]) -> list[str]:
-    """The rollout conditions (keys of ``rollouts``) in the order they first appear."""
+    """The rollout conditions (keys of ``rollouts``) in a fixed order, whatever the files' key
+    order: ``vanilla`` first, then each preset with its background splits (train, then held-out)."""
     seen: dict[str, None] = {}
     for row in rows:
         for setting in row.get("rollouts") or {}:
             seen.setdefault(setting)
-    return list(seen)
+
+    def key(setting: str) -> tuple:
+        preset, _, split = setting.partition("/")
+        return (preset != "vanilla", preset, SPLIT_ORDER.index(split) if split in SPLIT_ORDER else len(SPLIT_ORDER),
+                split)
+
+    return sorted(seen, key=key)
 
 
 def condition_label(key: str, rows: list[dict]) -> str:
@@ -231,91 +283,258 @@ def _fmt(value, digits: int) -> str:
     return f"{value:.{digits}f}"
 
 
-def plot_returns(rows: list[dict], path: str) -> bool:
-    """Normalized return vs labeled trajectories, a line per method, a panel per task x setting."""
+# ---------------------------------------------------------------- figures
+#
+# Every figure is laid out by matplotlib's constrained layout with one legend below the panels
+# (never inside one), titles wrapped to their panel's width and panels wrapped into rows, so titles
+# and legends cannot overlap whatever the number of conditions, tasks and methods.
+
+PANEL_W, PANEL_H, MAX_COLUMNS = 4.0, 3.1, 4
+
+
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    data = aggregate_returns(rows)
-    if not data:
+    return plt
+
+
+def _colors(labels: list[str]) -> dict[str, str]:
+    """One colour per method, the same in every panel (tab20 past ten methods)."""
+    if len(labels) <= 10:
+        return {label: f"C{i}" for i, label in enumerate(labels)}
+    from matplotlib import colormaps
+
+    return {label: colormaps["tab20"](i % 20) for i, label in enumerate(labels)}
+
+
+def _method_ticks(ax, labels: list[str]) -> None:
+    """Method names along x, slanted so neighbours never touch (steeper for long names)."""
+    rotation = 30 if max((len(label) for label in labels), default=0) <= 12 else 50
+    ax.set_xticks(range(len(labels)), labels, rotation=rotation, ha="right", rotation_mode="anchor", fontsize=8)
+
+
+def _wrap(text: str, width: int = 44) -> str:
+    return "\n".join(textwrap.wrap(text, width)) or text
+
+
+def _panels(n: int, height: float = PANEL_H):
+    """A figure with ``n`` panels, at most MAX_COLUMNS per row; the unused axes are removed."""
+    plt = _pyplot()
+    cols = min(n, MAX_COLUMNS)
+    nrows = math.ceil(n / cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(PANEL_W * cols, height * nrows + 0.9), squeeze=False,
+                             layout="constrained")
+    flat = list(axes.flat)
+    for ax in flat[n:]:
+        ax.remove()
+    return fig, flat[:n]
+
+
+def _legend_below(fig, axes) -> None:
+    """One legend for the whole figure, under the panels, entries in the order first drawn."""
+    entries: dict[str, object] = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            if not label.startswith("_"):
+                entries.setdefault(label, handle)
+    references = [label for label in entries if label.split(" ")[0] in REFERENCE_METHODS]
+    entries = {label: entries[label] for label in [x for x in entries if x not in references] + references}
+    if entries:
+        fig.legend(list(entries.values()), list(entries), loc="outside lower center",
+                   ncol=math.ceil(len(entries) / math.ceil(len(entries) / 8)), fontsize=8, frameon=False)
+
+
+def _save(fig, path: str) -> bool:
+    """Write ``fig`` (None: nothing to draw) and free it; whether a file was written."""
+    if fig is None:
         return False
-    order = {s: i for i, s in enumerate(_settings(rows))}
-    keys = sorted(data, key=lambda k: (k[0], order.get(k[1], len(order)), k[1]))
-    seeds = seeds_of(rows)
-    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.6), squeeze=False)
-    for ax, key in zip(axes[0], keys, strict=True):
-        methods = data[key]
-        budgets = sorted({b for m in methods if m not in ("expert", "random") for b, *_ in methods[m]}) or [1]
-        for method in _order(methods):
-            points = methods[method]
-            if method in ("expert", "random"):  # references: a level across the budgets
-                ax.axhline(points[0][1], ls="--", lw=1, color="0.3" if method == "expert" else "0.7", label=method)
-                continue
-            x, y, err = zip(*[(b, m, s) for b, m, s, _ in points], strict=True)
-            ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=method)
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(budgets, [str(b) for b in budgets])
-        ax.set_xlabel("labeled trajectories")
-        ax.set_ylabel("normalized return")
-        ax.set_title(f"{key[0]} · {condition_label(key[1], rows)}", fontsize=9)
-        ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=8, loc="best")
-    if len(seeds) > 1:
-        fig.suptitle(f"mean ± std over {len(seeds)} training seeds", fontsize=9)
-    fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _pyplot().close(fig)
     return True
 
 
+def reference_levels(rows: list[dict]) -> dict:
+    """{(task, setting): {"expert"|"random": (mean, std)}}: the references' normalized return, pooled
+    over every evaluation that rolled them out (several: mean ± std over them; one: ± over episodes)."""
+    runs: dict = defaultdict(lambda: defaultdict(list))
+    for row in rows:
+        if row["method"] in REFERENCE_METHODS:
+            for setting, r in (row.get("rollouts") or {}).items():
+                runs[(row["task"], setting)][row["method"]].append(r)
+    out: dict = {}
+    for key, methods in runs.items():
+        out[key] = {}
+        for method, rs in methods.items():
+            if len(rs) == 1:
+                out[key][method] = (rs[0]["normalized_mean"], rs[0]["normalized_std"])
+            else:
+                out[key][method] = _mean_std([r["normalized_mean"] for r in rs])
+    return out
+
+
+def aggregate_probe_r2(rows: list[dict], kind: str = "action") -> dict:
+    """{task: {method: [(num_labeled, mean, std, n)]}}: held-out ``kind`` probe R² per label budget,
+    mean ± std over training seeds (std 0 with one seed)."""
+    several = _several_data(rows)
+    grouped: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+    for row in rows:
+        r2 = _probe_value(row, kind, "r2")
+        if r2 is not None and not (isinstance(r2, float) and math.isnan(r2)):
+            grouped[row["task"]][_label(row, several)][row["num_labeled"]].append(r2)
+    return {task: {method: [(b, *_mean_std(v), len(v)) for b, v in sorted(budgets.items())]
+                   for method, budgets in methods.items()}
+            for task, methods in grouped.items()}
+
+
+def _draw_budget_panel(ax, methods: dict, colors: dict, budgets: list[int]) -> None:
+    """Mean ± std against label budget: a log x axis when there are several budgets; one budget
+    (a single point per method) becomes a dot per method along x, which reads as a comparison."""
+    lines = [m for m in _order(methods) if m not in REFERENCE_METHODS]
+    if len(budgets) > 1:
+        for method in lines:
+            x, y, err = zip(*[(b, m, s) for b, m, s, _ in methods[method]], strict=True)
+            ax.errorbar(x, y, yerr=err, marker="o", ms=4, capsize=3, color=colors[method], label=method)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(budgets, [str(b) for b in budgets])
+        ax.minorticks_off()
+        ax.set_xlabel("labeled trajectories (log scale)")
+    else:
+        for i, method in enumerate(lines):
+            _, y, err, _ = methods[method][0]
+            ax.errorbar([i], [y], yerr=[err], marker="o", ms=6, capsize=4, color=colors[method], label=method)
+        _method_ticks(ax, lines)
+        ax.set_xlim(-0.6, len(lines) - 0.4)
+        ax.set_xlabel(f"method ({budgets[0] if budgets else '—'} labeled trajectories)")
+    ax.grid(alpha=0.3)
+
+
+def plot_returns(rows: list[dict], path: str) -> bool:
+    """:func:`returns_figure` saved to ``path``; False when there is nothing to draw."""
+    return _save(returns_figure(rows), path)
+
+
+def returns_figure(rows: list[dict]):
+    """The paper's main figure: normalized return against labeled trajectories, a panel per task x
+    rollout condition (both background splits), plus a panel per task of the held-out action
+    probe's R²; a line per method, mean ± std over training seeds; expert and random as bands."""
+    data = aggregate_returns([r for r in rows if r["method"] not in REFERENCE_METHODS])
+    probes = aggregate_probe_r2(rows)
+    references = reference_levels(rows)
+    if not data and not probes:
+        return None
+    order = {s: i for i, s in enumerate(_settings(rows))}
+    tasks = sorted({k[0] for k in data} | set(probes))
+    panels = []  # (kind, task, setting)
+    for task in tasks:
+        panels += [("return", task, s) for s in sorted((k[1] for k in data if k[0] == task),
+                                                      key=lambda s: (order.get(s, len(order)), s))]
+        if task in probes:
+            panels.append(("probe", task, None))
+    labels = _order({m for panel in list(data.values()) + list(probes.values()) for m in panel})
+    colors = _colors(labels)
+    budgets = sorted({b for panel in list(data.values()) + list(probes.values()) for pts in panel.values()
+                      for b, *_ in pts})
+    fig, axes = _panels(len(panels))
+    for ax, (kind, task, setting) in zip(axes, panels, strict=True):
+        if kind == "return":
+            _draw_budget_panel(ax, data[(task, setting)], colors, budgets)
+            for ref, shade in (("expert", "0.25"), ("random", "0.6")):
+                level = references.get((task, setting), {}).get(ref)
+                if level is not None:
+                    mean, std = level
+                    ax.axhspan(mean - std, mean + std, color=shade, alpha=0.18, lw=0)
+                    ax.axhline(mean, ls="--", lw=1, color=shade, label=f"{ref} (mean ± std)")
+            ax.set_ylabel("normalized return")
+            ax.set_title(_wrap(f"{task} · {condition_label(setting, rows)}"), fontsize=9)
+        else:
+            _draw_budget_panel(ax, probes[task], colors, budgets)
+            ax.set_ylabel("held-out action probe R²")
+            ax.set_title(_wrap(f"{task} · action probe on held-out episodes (R²)"), fontsize=9)
+    _legend_below(fig, axes)
+    seeds = seeds_of(rows)
+    spread = (f"mean ± std over {len(seeds)} training seeds" if len(seeds) > 1
+              else "one training seed: ± is the std over its episodes")
+    fig.suptitle(spread, fontsize=9)
+    return fig
+
+
+def own_objective(row: dict) -> float | None:
+    """A history row's ``loss`` as the model's own objective. Runs trained before the probes were
+    reported apart logged ``loss`` = objective + probe MSEs (and no ``probe/loss``): subtract them."""
+    loss = row.get("loss")
+    if loss is None or "probe/loss" in row:
+        return loss
+    return loss - sum(v for k, v in row.items() if k.startswith("probe/") and k.endswith("_mse"))
+
+
+HELDOUT_R2 = "heldout/probe/action/r2"
+
+
 def plot_training(rows: list[dict], path: str) -> bool:
-    """Training loss against step of every evaluated LAM run, read from the per-step history each
-    run keeps beside it on its storage (:mod:`raylam.train.metrics`); False when none has one."""
+    """:func:`training_figure` saved to ``path``; False when no run has a history."""
+    return _save(training_figure(rows), path)
+
+
+def training_figure(rows: list[dict]):
+    """Each evaluated LAM's own objective against step (a panel per method, a line per run), and
+    the held-out R² of its in-training action probe (the ``eval_every`` reports), read from the
+    per-step history each run keeps on its storage (:mod:`raylam.train.metrics`). None when no
+    run has a history."""
     from raylam.train.metrics import read_metrics
 
-    curves = []
+    several = _several_data(rows)
+    runs: dict[str, tuple[str, list[dict]]] = {}  # LAM run -> (method, history); a LAM shared by rows once
     for row in rows:
         run = (row.get("runs") or {}).get("lam")
-        if not run:
+        if not run or run in runs:
             continue
         try:
             history = read_metrics(run)
         except (FileNotFoundError, OSError, ValueError):  # a run from before histories, or gone
             continue
         if history:
-            label = row["method"] + (f" (seed {row['seed']})" if row.get("seed") is not None else "")
-            curves.append((label, [r["step"] for r in history], [r["loss"] for r in history]))
-    if not curves:
-        return False
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.2, 3.4))
-    for label, steps, losses in curves:
-        ax.plot(steps, losses, label=label)
-    ax.set(xlabel="step", ylabel="training loss")
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return True
+            runs[run] = (_label(row, several), history)
+    if not runs:
+        return None
+    methods = _order({method for method, _ in runs.values()})
+    colors = _colors(methods)
+    has_r2 = any(HELDOUT_R2 in h for _, history in runs.values() for h in history)
+    fig, axes = _panels(len(methods) + has_r2, height=2.8)
+    for ax, method in zip(axes, methods, strict=False):
+        for m, history in runs.values():
+            if m == method:
+                points = [(h["step"], own_objective(h)) for h in history if own_objective(h) is not None]
+                ax.plot(*zip(*points, strict=True), color=colors[method], lw=1.2, alpha=0.85, label=method)
+        ax.set(xlabel="step", ylabel="objective (loss, no probes)")
+        ax.set_title(_wrap(f"{method}: its own training objective"), fontsize=9)
+        ax.grid(alpha=0.3)
+    if has_r2:
+        ax = axes[-1]
+        for method, history in runs.values():
+            points = [(h["step"], h[HELDOUT_R2]) for h in history if HELDOUT_R2 in h]
+            if points:
+                ax.plot(*zip(*points, strict=True), marker="o", ms=3, color=colors[method], lw=1.2, label=method)
+        ax.set(xlabel="step", ylabel="R² (held-out windows)")
+        ax.set_title(_wrap("in-training action probe, held-out R²"), fontsize=9)
+        ax.grid(alpha=0.3)
+    _legend_below(fig, axes)
+    fig.suptitle("one line per run (training seed, label budget)", fontsize=9)
+    return fig
 
 
 def plot_probes(rows: list[dict], path: str) -> bool:
+    """:func:`probes_figure` saved to ``path``; False when no row was probed."""
+    return _save(probes_figure(rows), path)
+
+
+def probes_figure(rows: list[dict]):
     """Held-out probe MSE per method (action probe from z, state probe from features)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     probed = [r for r in rows if r.get("probe")]
     if not probed:
-        return False
+        return None
     several = _several_data(probed)
     by_method: dict = defaultdict(lambda: {"action": [], "state": []})
     for r in probed:
@@ -323,21 +542,20 @@ def plot_probes(rows: list[dict], path: str) -> bool:
             probe = r["probe"].get(kind) or {}  # a skipped probe: {"skipped": reason}
             by_method[_label(r, several)][kind].append(probe.get("mse", math.nan))
     methods = _order(by_method)
+    colors = _colors(methods)
     seeds = seeds_of(probed)
-    spread = f"mean ± std over {len(seeds)} seeds" if len(seeds) > 1 else "lower is better"
-    fig, axes = plt.subplots(1, 2, figsize=(8.4, 3.2))
+    spread = f"mean ± std over {len(seeds)} seeds" if len(seeds) > 1 else "one seed"
+    fig, axes = _panels(2, height=3.0)
     for ax, kind in zip(axes, ("action", "state"), strict=True):
         stats = [_mean_std(by_method[m][kind]) if by_method[m][kind] else (float("nan"), 0.0) for m in methods]
-        ax.bar(methods, [s[0] for s in stats], yerr=[s[1] for s in stats], capsize=3,
-               color=[f"C{i}" for i in range(len(methods))])
+        ax.bar(range(len(methods)), [s[0] for s in stats], yerr=[s[1] for s in stats], capsize=3,
+               color=[colors[m] for m in methods])
+        _method_ticks(ax, methods)
         skipped = all(math.isnan(v) for m in methods for v in by_method[m][kind])  # e.g. no states
-        ax.set_title(f"{kind} probe: " + ("skipped" if skipped else f"held-out MSE ({spread})"), fontsize=10)
-        ax.tick_params(axis="x", rotation=30)
+        ax.set_ylabel("held-out MSE (lower is better)")
+        ax.set_title(_wrap(f"{kind} probe: " + ("skipped" if skipped else f"held-out MSE ({spread})")), fontsize=9)
         ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return True
+    return fig
 
 
 def save_strip(frames: np.ndarray, path: str, title: str) -> None:
@@ -352,7 +570,7 @@ def save_strip(frames: np.ndarray, path: str, title: str) -> None:
     for ax, frame in zip(axes[0], frames, strict=True):
         ax.imshow(frame)
         ax.axis("off")
-    fig.suptitle(title, fontsize=9)
+    fig.suptitle(_wrap(title, max(24, 14 * n)), fontsize=9)  # ~14 characters per frame's width
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -383,11 +601,13 @@ def _render_report(results: dict, output: str, strips: dict | None) -> None:
     rows = results["rows"]
     figures = []
     if plot_returns(rows, os.path.join(output, FIG_RETURN)):
-        figures.append((FIG_RETURN, "Normalized return (return / expert return) vs labeled trajectories"))
+        figures.append((FIG_RETURN, "Normalized return (return / expert return) and held-out action probe R² "
+                                    "vs labeled trajectories"))
     if plot_probes(rows, os.path.join(output, FIG_PROBE)):
         figures.append((FIG_PROBE, "Linear probes on held-out episodes"))
     if plot_training(rows, os.path.join(output, FIG_TRAINING)):
-        figures.append((FIG_TRAINING, "Training loss of the latent action models (their per-step history)"))
+        figures.append((FIG_TRAINING, "Each latent action model's own training objective (probes apart) "
+                                      "and its in-training action probe's held-out R²"))
     strip_files = []
     for method in _order(strips or {}):
         for setting, frames in strips[method].items():

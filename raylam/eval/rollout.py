@@ -244,6 +244,10 @@ class PolicyWorker:
         """Answers once the actor runs."""
 
     def load(self, action_dim: int, env: EnvConfig) -> dict:
+        if self.device == "cuda":
+            from raylam.cluster import cuda_device
+
+            cuda_device("rollout policy actor")
         if self.agent is None:
             self.agent = make_agent(self.spec, self.task, action_dim, self.device)
         check_image_size(self.agent, env)

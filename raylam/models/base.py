@@ -6,6 +6,9 @@ The trainer sees only this interface, so it needs no per-method branches::
     loss, metrics = model.loss(batch, labeled_batch)   # == model(batch, labeled_batch)
     loss.backward(); optimizer.step(); model.after_step()
 
+``loss`` (what is minimised) includes the linear probes' losses, so one backward pass trains them;
+``metrics["loss"]`` is the model's own objective without them (see :meth:`Method.with_probes`).
+
 ``loss`` is ``forward``, so a DDP-wrapped model is called as ``ddp(batch, labeled_batch)`` and
 gradients are synchronised as usual; ``after_step`` is then called on ``ddp.module``.
 """
@@ -45,13 +48,18 @@ class Method(nn.Module):
 
     def with_probes(self, loss: Tensor, metrics: dict[str, Tensor], batch: Batch, latent: Tensor | None = None,
                     features: Tensor | None = None) -> Tensor:
-        """``loss`` plus the linear probes' loss on detached inputs (their metrics go to ``metrics``);
-        ``loss`` unchanged for a model without probes."""
+        """What to minimise: the model's objective ``loss`` plus its linear probes' loss on detached
+        inputs. The reported ``metrics["loss"]`` is the objective alone, so a curve of ``loss`` shows
+        the model learning, not the state probe (whose MSE would dominate the sum); the probes
+        report their own keys (``probe/action_mse``, ``probe/state_mse`` and their sum ``probe/loss``).
+        """
+        metrics["loss"] = loss.detach()
         probes = getattr(self, "probes", None)
         if probes is None:
             return loss
         probe_loss, probe_metrics = probes(batch, latent=latent, features=features)
         metrics.update(probe_metrics)
+        metrics["probe/loss"] = probe_loss.detach()
         return loss + probe_loss
 
     def augment(self, x: Tensor) -> Tensor:

@@ -42,7 +42,6 @@ class IDM(PairEncoder):
         loss = masked_mse(pred, target, weight)
         metrics = {"idm/action_mse": loss.detach()}
         loss = self.with_probes(loss, metrics, batch, features=h_t[:n])
-        metrics["loss"] = loss.detach()
         return loss, metrics
 
     def pair_head(self, h_t: Tensor, h_next: Tensor) -> Tensor:

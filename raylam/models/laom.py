@@ -8,6 +8,9 @@ Per step, on a batch of (o_t, o_t+k, o_t+1) with k in 1..K:
                + sup_coef * MSE(W z_l, a_l)           laom_sup only, on the labeled rows/batch
                + probe losses                         detached inputs; never reach the LAM
 
+The reported ``loss`` is the objective without the probes (terms: ``laom/latent_loss`` and the
+unweighted ``laom/sup_loss``); the probes report ``probe/*`` (see ``Method.with_probes``).
+
 ``enc_ema`` is an EMA copy of the encoder (``after_step``). The FDM sees h_t detached, as in the
 released code: the encoder is shaped only through z, so it cannot make the prediction easy by
 itself. ``method: laom_sup`` switches the supervised head on; everything else is identical.
@@ -76,7 +79,6 @@ class LAOM(PairEncoder):
             metrics["laom/sup_loss"] = sup.detach()
 
         loss = self.with_probes(loss, metrics, batch, latent=z[:n], features=h_t[:n])
-        metrics["loss"] = loss.detach()
         return loss, metrics
 
     def after_step(self) -> None:

@@ -2,7 +2,8 @@
 
     z   = Q(W gelu(enc_idm([o_t, o_t+k])))    IDM on the two observations stacked in channels
     o^  = dec([enc_fdm(o_t), reshape(P z)])   FDM with its own encoder, mirrored decoder, tanh
-    loss = MSE(o^, o_t+1) + quantizer loss + probe losses
+    loss = MSE(o^, o_t+1) + quantizer loss    reported as ``loss``: lapo/recon_loss + lapo/quantizer_loss
+         + probe losses                       minimised in the same step, reported apart (probe/*)
 
 Two variants, picked by ``quantizer``:
 
@@ -67,8 +68,9 @@ class LAPO(Method):
         recon = F.mse_loss(pred.float(), to_float_image(batch.require("next_obs", m)))
         loss = recon + q_loss
         metrics = {**metrics, "lapo/recon_loss": recon.detach()}
+        if self.config.quantizer != "none":  # the quantizer's term of the objective, beside the pixel term
+            metrics["lapo/quantizer_loss"] = q_loss.detach()
         loss = self.with_probes(loss, metrics, batch, latent=z, features=features)
-        metrics["loss"] = loss.detach()
         return loss, metrics
 
     @torch.no_grad()

@@ -85,7 +85,6 @@ class Policy(Method):
         name = "latent_bc/latent_mse" if self.latent else "bc/action_mse"
         metrics = {name: loss.detach()}
         loss = self.with_probes(loss, metrics, batch, latent=pred[: len(batch)])
-        metrics["loss"] = loss.detach()
         return loss, metrics
 
     def predictions(self, batch: Batch) -> dict[str, tuple[Tensor, Tensor]]:

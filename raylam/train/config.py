@@ -164,6 +164,11 @@ class TrainConfig:
             )
         if (self.wait_at_step is None) != (self.wait_for_file is None):
             raise ConfigError("wait_at_step and wait_for_file: set both or neither (a test hook)")
+        if self.use_gpu and self.num_workers > 1 and self.gpus_per_worker != int(self.gpus_per_worker):
+            # Ray may place two ranks on one GPU, and NCCL cannot run a group whose ranks share a device
+            raise ConfigError(f"gpus_per_worker: got {self.gpus_per_worker} with num_workers={self.num_workers}, "
+                              "expected a whole number of GPUs: DDP ranks cannot share a GPU (NCCL); use "
+                              "gpus_per_worker=1, or num_workers=1 to share a GPU between runs")
         kind = STAGE_KINDS[self.stage]
         if kind.needs and not any(getattr(self, field) for field in kind.needs):
             raise ConfigError(f"{kind.needs[0]}: stage {self.stage} needs {kind.needs_what}")

@@ -315,8 +315,11 @@ def fit(model, unwrapped, optimizer, scheduler, data, cfg, device, world: int, s
         window_samples += len(batch)
         if step % cfg.report_every == 0 or step == cfg.steps:
             elapsed = time.perf_counter() - window_start
+            # ``loss``: the model's own objective (metrics["loss"]), not the probes-included total
+            # that was minimised; the probes report their own keys (``probe/*``)
             values = {k: float(v) for k, v in metrics.items()}
-            values.update(loss=float(loss.detach()), step=step, epoch=data.current_epoch,
+            values.setdefault("loss", float(loss.detach()))
+            values.update(step=step, epoch=data.current_epoch,
                           lr=scheduler.get_last_lr()[0], samples_per_s=window_samples * world / elapsed,
                           data_wait_fraction=waited / elapsed)
             report(values, step)
@@ -389,6 +392,9 @@ def _quiet_report_log(level: str) -> None:
     LoggingConfig does not reach it: give that logger the stage's ``log_level`` here."""
     import logging
 
+    from raylam.console import quiet_ray
+
+    quiet_ray()  # and Ray Data's known noise in this worker ("Progress bars disabled": off on purpose)
     try:
         from ray.train.v2._internal.execution import context
     except ImportError:  # another Ray layout: nothing to quiet

@@ -12,7 +12,9 @@ import torch
 from raylam.models import Batch, build_model
 from raylam.train.config import TrainConfig
 
-# What the loop (``fit`` and its Ray adapter) adds to every report, whatever the model.
+# What the loop (``fit`` and its Ray adapter) adds to every report, whatever the model. ``loss`` is
+# the model's own objective (probes excluded, see ``Method.with_probes``); the loop fills it in only
+# for a model that does not report one.
 LOOP_METRICS = ("loss", "step", "epoch", "lr", "samples_per_s", "data_wait_fraction",
                 "timing/loop_start_unix", "timing/setup_s")
 

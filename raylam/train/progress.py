@@ -1,4 +1,5 @@
-"""One readable line per report on rank 0: stage, step/total, loss, samples/s, ETA.
+"""One readable line per report on rank 0: stage, step/total, loss (the model's objective), samples/s,
+held-out probe, ETA.
 
 Ray Train's own INFO lines (``Reporting training result N: TrainingReport(...)`` from every
 worker, worker-group start-up) are silenced by the stage's ``log_level`` (``RunConfig``'s
@@ -31,14 +32,11 @@ class Progress:
     def line(self, values: dict, step: int) -> str:
         width = len(str(self.total))
         parts = [f"{self.label}", f"step {step:>{width}}/{self.total} ({100 * step / self.total:3.0f}%)"]
-        if "loss" in values:
+        if "loss" in values:  # the model's own objective; the probes are not in it
             parts.append(f"loss {values['loss']:.4g}")
         if "samples_per_s" in values:
             parts.append(f"{values['samples_per_s']:.0f} samples/s")
-        for key, value in values.items():  # the held-out objective, when this report evaluated
-            if key.startswith("heldout/") and key.endswith("/mse"):
-                parts.append(f"{key[len('heldout/'):]} {value:.4g}")
-                break
+        parts += self.heldout(values)
         done = step - self.start_step
         elapsed = self.clock() - self.started
         if step >= self.total:
@@ -46,3 +44,14 @@ class Progress:
         elif done > 0:
             parts.append(f"ETA {format_duration(elapsed / done * (self.total - step))}")
         return " | ".join(parts)
+
+    @staticmethod
+    def heldout(values: dict) -> list[str]:
+        """When this report evaluated: the held-out action probe's R² (what says a LAM is learning),
+        else the first held-out MSE (a policy's or the IDM's action head)."""
+        if "heldout/probe/action/r2" in values:
+            return [f"held-out action probe R² {values['heldout/probe/action/r2']:.3f}"]
+        for key, value in values.items():
+            if key.startswith("heldout/") and key.endswith("/mse"):
+                return [f"{key[len('heldout/'):]} {value:.4g}"]
+        return []

@@ -14,6 +14,7 @@ import datetime as dt
 import numpy as np
 import pyarrow as pa
 
+from raylam.cluster import cuda_device
 from raylam.config import to_dict
 from raylam.data.pipeline import DatasetInfo, WindowSpec, configure_data_context, window_dataset
 from raylam.data.storage import resolve
@@ -29,6 +30,13 @@ def _fixed_list(array: np.ndarray) -> pa.FixedSizeListArray:
     return pa.FixedSizeListArray.from_arrays(pa.array(array.reshape(-1)), array.shape[1])
 
 
+def writable(array: np.ndarray) -> np.ndarray:
+    """``array`` as torch may wrap it: Ray Data hands batches out read-only (Arrow memory), and a
+    tensor over read-only memory warns; a batch is small next to the model's work on it."""
+    array = np.ascontiguousarray(array)
+    return array if array.flags.writeable else array.copy()
+
+
 class Labeler:
     """Ray Data actor: loads the model once, then labels batches of windows."""
 
@@ -36,12 +44,12 @@ class Labeler:
         import torch
 
         self.torch = torch
-        self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+        self.device = cuda_device("relabel actor") if use_gpu else torch.device("cpu")
         self.model, _, _ = load_run(lam_run, self.device, expect_stages=("lam", "idm"))
 
     def __call__(self, rows: dict[str, np.ndarray]) -> pa.Table:
         torch = self.torch
-        batch = rows_to_batch({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in rows.items()}, self.device)
+        batch = rows_to_batch({k: torch.from_numpy(writable(v)) for k, v in rows.items()}, self.device)
         # fp32 whatever the training precision: the labels are regression targets (the released
         # code labels outside autocast too)
         with torch.inference_mode():

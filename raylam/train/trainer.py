@@ -52,8 +52,10 @@ def stage_datasets(cfg: TrainConfig, info: DatasetInfo, labels: str | None = Non
         datasets["labeled"] = clips("train", True, False)
     if cfg.eval_every:
         if not info.manifest["splits"].get("heldout"):
+            from raylam.checks import heldout_hint
+
             raise ConfigError(f"eval_every is {cfg.eval_every}, but dataset {cfg.dataset} has no heldout split "
-                             "(collect with collect.heldout_episodes > 0, or set eval_every: 0)")
+                              f"({heldout_hint(info.manifest)}, or set eval_every: 0)")
         datasets["heldout"] = clips("heldout", False, False)
     return datasets
 
@@ -126,7 +128,12 @@ def check_dataset(cfg: TrainConfig, info: DatasetInfo) -> dict:
 
 
 def _warn_if_no_cpu_for_data(cfg: TrainConfig) -> None:
-    """Train workers holding every CPU starve Ray Data's decode tasks and the run stalls: say so."""
+    """Train workers holding every CPU starve Ray Data's decode tasks and the run stalls: say so, on a
+    Ray raylam started itself (a cluster it joined may be autoscaled, and have no CPUs until it adds nodes)."""
+    from raylam.cluster import started_here
+
+    if not started_here():
+        return
     cpus = cluster_resources().get("CPU", 0)
     left = cpus - cfg.num_workers * cfg.cpus_per_worker
     if left < cfg.data.read_cpus:
@@ -160,6 +167,15 @@ def data_config(cfg: TrainConfig, split: bool = True):
         options = ClipsDataConfig.default_ingest_options()
         options.resource_limits = options.resource_limits.copy(cpu=cfg.data.max_cpus)
     return ClipsDataConfig(datasets_to_split=["train"] if split else [], execution_options=options)
+
+
+def gpu_checked_loop(config: dict) -> None:
+    """The training loop on a worker that holds a GPU: refuses to run when torch sees no CUDA there
+    (Ray Train's ``get_device`` would quietly fall back to the CPU)."""
+    from raylam.cluster import cuda_device
+
+    cuda_device(f"Ray Train worker of {config['run_name']}")
+    train_loop_per_worker(config)
 
 
 def train(cfg: StageConfig, experiment: str = "raylam", callbacks: list | None = None, fresh: bool = False,
@@ -217,7 +233,7 @@ def train(cfg: StageConfig, experiment: str = "raylam", callbacks: list | None =
         "stream": stream_rows(cfg, info, labels) if clip_stream(cfg, info) else None,
     }
     trainer = TorchTrainer(
-        train_loop_per_worker,
+        gpu_checked_loop if cfg.use_gpu else train_loop_per_worker,
         train_loop_config=loop_config,
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                      resources_per_worker={"CPU": cfg.cpus_per_worker,

@@ -8,7 +8,19 @@ writes them as Ray tasks (resumable like collection).
 """
 
 from raylam.data.ingest.config import IngestConfig
-from raylam.data.ingest.episodes import IngestError
-from raylam.data.ingest.writer import ingest
 
 __all__ = ["IngestConfig", "IngestError", "ingest"]
+
+
+def __getattr__(name: str):
+    """``ingest`` and ``IngestError`` on first use: the writer imports Ray, which `raylam --help` and
+    config loading (``IngestConfig``) do not need."""
+    if name == "ingest":
+        from raylam.data.ingest.writer import ingest
+
+        return ingest
+    if name == "IngestError":
+        from raylam.data.ingest.episodes import IngestError
+
+        return IngestError
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

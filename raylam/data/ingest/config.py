@@ -34,7 +34,7 @@ class IngestConfig:
     source: str = spec("video_folder", choices=SOURCES,
                        help="video_folder: <path>/**/*.mp4|webm|...; frame_folders: <path>/<episode>/<frame>.jpg|png; "
                             "lerobot: LeRobot v3 dataset roots; hdf5: files in the LAOM paper's layout")
-    paths: list[str] = spec([], help="local folders (video_folder, frame_folders, lerobot) or .hdf5 files")
+    paths: list[str] = spec([], help="local folders (video_folder, frame_folders, lerobot) or .hdf5 files; one path or a list")
     output: str = spec("data/ingested", help="local directory or URI (s3://bucket/path, gs://...)")
     task: str = spec("imported", help="a name for the data; a dm-control task (cheetah-run) lets evaluation "
                                       "roll policies out when the user asks for it")
@@ -53,6 +53,10 @@ class IngestConfig:
                                                     "those with actions; null: all of them")
     heldout_fraction: float = spec(0.1, ge=0.0, lt=1.0, help="share of episodes held out (by a hash of the "
                                                              "episode id and split_seed: stable as episodes are added)")
+    min_heldout: int | None = spec(None, ge=0, help="at least this many held-out episodes (topped up in the same "
+                                                    "hash order); null: 1 when heldout_fraction > 0, else 0")
+    heldout_episodes: list[str] | None = spec(None, help="hold out exactly these episodes (by id); replaces "
+                                                         "heldout_fraction and min_heldout")
     split_seed: int = spec(0, ge=0, help="seed of the held-out split and of the labeled order")
     max_episodes: int | None = spec(None, ge=1, help="only the first n episodes (sorted by id): a trial run")
     episodes_per_shard: int = spec(4, ge=1, help="episodes per tar shard (one shard = one Ray task)")
@@ -68,6 +72,14 @@ class IngestConfig:
         if not self.paths:
             raise ConfigError(f"ingest.paths: got [], expected at least one input {'file' if self.source == 'hdf5' else 'folder'}")
         self.validate()
+
+    def wanted_heldout(self) -> int:
+        """The fewest held-out episodes this config accepts (heldout_episodes: exactly those)."""
+        if self.heldout_episodes is not None:
+            return len(self.heldout_episodes)
+        if self.min_heldout is not None:
+            return self.min_heldout
+        return 1 if self.heldout_fraction > 0 else 0
 
     def validate(self) -> None:
         if self.overlap >= self.clip_length:

@@ -10,9 +10,12 @@ from pathlib import Path
 
 import numpy as np
 
+from raylam.config import UserError
 
-class IngestError(ValueError):
-    """Bad input: the message names the file (or key) and what was expected."""
+
+class IngestError(UserError, ValueError):
+    """Bad input: the message names the file (or key) and what was expected; the CLI prints it as one
+    line and exits 2 (a ValueError too, for callers that caught it as one)."""
 
 
 @dataclass(frozen=True)

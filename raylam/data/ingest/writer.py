@@ -23,7 +23,8 @@ import time
 import numpy as np
 
 from raylam import __version__
-from raylam.config import to_dict
+from raylam.config import did_you_mean, to_dict
+from raylam.console import announce_ray_start
 from raylam.data.ingest.config import IngestConfig
 from raylam.data.ingest.episodes import EpisodeRef, IngestError, check_action_rows
 from raylam.data.ingest.sources import read_episode, scan, source_dims
@@ -49,9 +50,37 @@ def is_heldout(episode_id: str, seed: int, fraction: float) -> bool:
 
 
 def assign_splits(cfg: IngestConfig, refs: list[EpisodeRef]) -> dict[str, str]:
-    """{episode id: "train" | "heldout"}: each episode's split depends on its id and the seed alone."""
-    return {r.episode_id: "heldout" if is_heldout(r.episode_id, cfg.split_seed, cfg.heldout_fraction) else "train"
-            for r in refs}
+    """{episode id: "train" | "heldout"}: the named ``heldout_episodes``, else those whose hash of (id,
+    seed) falls under ``heldout_fraction``, topped up to ``min_heldout`` in the same hash order (so a
+    few videos still hold one out, and adding episodes moves few of them)."""
+    ids = [r.episode_id for r in refs]
+    if cfg.heldout_episodes is not None:
+        unknown = [e for e in cfg.heldout_episodes if e not in ids]
+        if unknown:
+            raise IngestError(f"heldout_episodes: {unknown[0]!r} is not an episode of {cfg.paths}"
+                              f"{did_you_mean(unknown[0], ids)}; episodes: {', '.join(ids[:10])}"
+                              + (" ..." if len(ids) > 10 else ""))
+        held = set(cfg.heldout_episodes)
+    else:
+        by_hash = sorted(ids, key=lambda e: _unit_hash("heldout", cfg.split_seed, e))
+        held = {e for e in ids if is_heldout(e, cfg.split_seed, cfg.heldout_fraction)}
+        wanted = cfg.wanted_heldout()
+        if cfg.min_heldout is None:  # the implicit one held-out episode never takes the only training one
+            wanted = min(wanted, len(ids) - 1)
+        held.update(e for e in by_hash if e not in held and len(held) < wanted)
+    splits = {e: "heldout" if e in held else "train" for e in ids}
+    if "train" not in splits.values():
+        raise IngestError(f"{heldout_keys(cfg)}: all {len(ids)} episodes would be held out; expected at least one "
+                          "training episode")
+    return splits
+
+
+def heldout_keys(cfg: IngestConfig) -> str:
+    """The settings that chose the held-out split, for a message."""
+    if cfg.heldout_episodes is not None:
+        return f"ingest.heldout_episodes {cfg.heldout_episodes}"
+    return (f"ingest.heldout_fraction {cfg.heldout_fraction}"
+            + (f", ingest.min_heldout {cfg.min_heldout}" if cfg.min_heldout is not None else ""))
 
 
 def label_order(cfg: IngestConfig, refs: list[EpisodeRef], splits: dict[str, str]) -> list[str]:
@@ -65,7 +94,7 @@ def label_order(cfg: IngestConfig, refs: list[EpisodeRef], splits: dict[str, str
                 raise IngestError(f"labeled_episodes: episode {episode!r} has no actions (no sidecar / action key)")
             if splits[episode] != "train":
                 raise IngestError(f"labeled_episodes: episode {episode!r} is held out by the split "
-                                  f"(heldout_fraction {cfg.heldout_fraction}, split_seed {cfg.split_seed})")
+                                  f"({heldout_keys(cfg)}, split_seed {cfg.split_seed})")
         return list(cfg.labeled_episodes)
     candidates = sorted((e for e in with_actions if splits[e] == "train"),
                         key=lambda e: _unit_hash("label", cfg.split_seed, e))
@@ -205,18 +234,50 @@ def _plan_fields(cfg: IngestConfig, refs: list[EpisodeRef]) -> dict:
     return data
 
 
-def _check_same_plan(location: Location, wanted: dict) -> None:
-    """Refuse to mix two different ingests (or a source that gained episodes) in one output."""
-    if location.exists(PLAN):
-        existing = location.read_json(PLAN)
-        for key in sorted(set(wanted) | set(existing)):
-            if existing.get(key) != wanted.get(key):
-                what = ("the source's episodes changed" if key == "episodes"
-                        else f"{key}: {existing.get(key)!r} there, {wanted.get(key)!r} now")
-                raise IngestError(f"{location.uri} already holds an ingest made from other inputs ({what}); "
-                                  "choose another output or delete that directory")
-    else:
+def _check_same_plan(location: Location, wanted: dict) -> list[str]:
+    """Refuse to mix two different ingests (or a source that gained episodes) in one output; returns
+    the episodes of the first run that the source no longer holds (see :func:`_written_episodes`)."""
+    if not location.exists(PLAN):
         location.write_json(PLAN, wanted)
+        return []
+    existing = location.read_json(PLAN)  # kept as first written: every rerun is compared with it
+    dropped: list[str] = []
+    for key in sorted(set(wanted) | set(existing)):
+        if existing.get(key) == wanted.get(key):
+            continue
+        if key == "episodes" and set(wanted[key]) < set(existing.get(key) or []):
+            dropped = [e for e in existing[key] if e not in set(wanted[key])]
+            continue
+        what = ("the source's episodes changed" if key == "episodes"
+                else f"{key}: {existing.get(key)!r} there, {wanted.get(key)!r} now")
+        raise IngestError(f"{location.uri} already holds an ingest made from other inputs ({what}); "
+                          "choose another output or delete that directory")
+    written = _written_episodes(location) if dropped else {}
+    kept = sorted(e for e in dropped if e in written)
+    if kept:
+        raise IngestError(f"{location.uri} already holds an ingest made from other inputs (episode {kept[0]!r} "
+                          f"is gone from the source but was written to {written[kept[0]]}; only an episode whose "
+                          "shard failed may be dropped); choose another output or delete that directory")
+    return dropped
+
+
+def _written_episodes(location: Location) -> dict[str, str]:
+    """{episode id: shard} of every shard already whole in ``location`` (its info file is written
+    just before the tar is renamed into place, so a failed shard has none)."""
+    names = set(location.list())
+    out = {}
+    for name in sorted(names):
+        if name.startswith("shard-") and name.endswith(".json") and name.replace(".json", ".tar") in names:
+            out.update({e: name.replace(".json", ".tar") for e in location.read_json(name)["episodes"]})
+    return out
+
+
+def _still_valid(info: dict, plan: ShardPlan, refs: list[EpisodeRef], labeled: frozenset[str]) -> bool:
+    """A finished shard is reused only if it holds what the plan now puts there (after a dropped
+    episode the shards after it hold other episodes, or other labeled flags)."""
+    episodes = [refs[i].episode_id for i in plan.episodes]
+    return (info.get("episodes") == episodes and info.get("split") == plan.split
+            and info.get("labeled_episodes") == [e for e in episodes if e in labeled])
 
 
 def build_manifest(cfg: IngestConfig, infos: list[dict], order: list[str], dims: dict[str, int],
@@ -260,35 +321,44 @@ def build_manifest(cfg: IngestConfig, infos: list[dict], order: list[str], dims:
     return manifest
 
 
-def ingest(cfg: IngestConfig) -> dict:
-    """Ingest on the current Ray cluster (starting a local one if none); returns the manifest."""
+def ingest(cfg: IngestConfig, heldout_for: str | None = None) -> dict:
+    """Ingest on the current Ray cluster (starting a local one if none); returns the manifest.
+
+    ``heldout_for`` names what will read the held-out split (``train.eval_every 100``): the ingest
+    then refuses, before any work, a split that holds no episode out."""
     import ray
     from tqdm.auto import tqdm
 
     cfg.require_inputs()
     refs = scan(cfg)  # every cheap check, before any output is touched
     splits = assign_splits(cfg, refs)
-    if "train" not in splits.values():
-        raise IngestError(f"heldout_fraction {cfg.heldout_fraction} holds out all {len(refs)} episodes; "
-                          "expected at least one training episode")
+    if heldout_for and "heldout" not in splits.values():
+        raise IngestError(f"{heldout_keys(cfg)}: holds out none of the {len(refs)} episodes, but {heldout_for} "
+                          "evaluates on held-out episodes; set ingest.min_heldout: 1, name them in "
+                          "ingest.heldout_episodes, or set train.eval_every: 0")
     order = label_order(cfg, refs, splits)
     dims = source_dims(cfg, refs)
     plans = plan_shards(cfg, refs, splits)
 
     location = resolve(cfg.output)
     location.makedirs()
-    _check_same_plan(location, _plan_fields(cfg, refs))
+    dropped = _check_same_plan(location, _plan_fields(cfg, refs))
     stale = location.remove_stale_temporaries()
-    done = finished_shards(location, plans)
-    todo = [plan for plan in plans if plan.index not in done]
     labeled = frozenset(order)
+    done = {i: info for i, info in finished_shards(location, plans).items()
+            if _still_valid(info, plans[i], refs, labeled)}
+    todo = [plan for plan in plans if plan.index not in done]
 
+    announce_ray_start()  # after every cheap check: a bad input never waits for Ray
     workers = cfg.num_workers or max(1, len(todo))
     task = ray.remote(num_cpus=1, max_retries=cfg.max_retries)(write_shard)
     bar = tqdm(total=len(refs), unit="ep", desc=f"ingest {cfg.source}", disable=not cfg.progress)
     bar.update(sum(len(info["episodes"]) for info in done.values()))
     if stale:
         bar.write(f"removed {len(stale)} temporary file(s) left by an interrupted run")
+    if dropped:
+        bar.write(f"dropping {len(dropped)} episode(s) no longer in the source, named in the manifest as "
+                  f"dropped_episodes: {', '.join(dropped)}")
     if done:
         bar.write(f"{len(done)} of {len(plans)} shards already written; ingesting the other {len(todo)}")
     started, frames, failures = time.perf_counter(), 0, []
@@ -313,8 +383,13 @@ def ingest(cfg: IngestConfig) -> dict:
     bar.close()
     if failures:
         raise IngestError(f"{len(failures)} of {len(plans)} shards failed, {len(done)} finished shards are kept and a "
-                          f"rerun writes only the rest; first: {failures[0]}")
+                          f"rerun writes only the rest (fix or remove the bad file: an episode removed from the "
+                          f"source is dropped, and named in the manifest); first: {failures[0]}")
     infos = [done[plan.index] for plan in plans]
+    for name in location.list():  # shards of a longer plan, before an episode was dropped
+        if name.startswith("shard-") and name not in {p.name for p in plans} | {p.info_name for p in plans}:
+            location.fs.delete_file(location.path(name))
     manifest = build_manifest(cfg, infos, order, dims, refs)
+    manifest["dropped_episodes"] = dropped
     location.write_json(MANIFEST, manifest)
     return manifest
