@@ -19,11 +19,15 @@ RAYLAM_DIR="${1:-$(cd "$(dirname "$0")/.." && pwd)}"
 
 SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
 missing=()
-ldconfig -p | grep -q libOSMesa || missing+=(libosmesa6)
-ldconfig -p | grep -q 'libEGL\.so\.1' || missing+=(libegl1)
-ldconfig -p | grep -q 'libGL\.so\.1' || missing+=(libgl1)
-ldconfig -p | grep -q 'libGLESv2\.so\.2' || missing+=(libgles2)
-ldconfig -p | grep -q 'libOpenGL\.so\.0' || missing+=(libopengl0)
+# the whole listing is read once: `ldconfig -p | grep -q` under pipefail fails at random when grep
+# exits at its first match and ldconfig dies of SIGPIPE, and a library present would be "missing"
+libraries="$(ldconfig -p 2>/dev/null || true)"
+has() { grep -q "$1" <<<"$libraries"; }
+has libOSMesa || missing+=(libosmesa6)
+has 'libEGL\.so\.1' || missing+=(libegl1)
+has 'libGL\.so\.1' || missing+=(libgl1)
+has 'libGLESv2\.so\.2' || missing+=(libgles2)
+has 'libOpenGL\.so\.0' || missing+=(libopengl0)
 if [ ${#missing[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

@@ -87,10 +87,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--experiment", default="ladder_reduced", help="experiment name (its run root)")
     parser.add_argument("--runs", default="runs", help="storage_path of the experiment")
-    parser.add_argument("--eval", default="eval", help="the evaluation's folder inside the run root")
+    parser.add_argument("--eval", nargs="+", default=["eval"],
+                        help="the evaluation folders inside the run root (several: their seeds are merged)")
     parser.add_argument("--out", default=None, help="write the per-seed records as JSON here")
     args = parser.parse_args()
-    rungs = collect(Path(args.runs) / args.experiment / args.eval / "results.json")
+    rungs: dict[str, list[dict]] = {}
+    for folder in args.eval:
+        for name, records in collect(Path(args.runs) / args.experiment / folder / "results.json").items():
+            rungs.setdefault(name, []).extend(records)
     print(table(rungs))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

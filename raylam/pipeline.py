@@ -179,6 +179,38 @@ def run_stages(exp: ExperimentConfig, stages: list[int], force: bool, timings: d
         done.add(job)
         timings[label(*job)] = time.perf_counter() - t
         print(f"== stage {label(*job)} done ({timings[label(*job)]:.0f} s)", flush=True)
+    release_orphaned_worker_groups()
+
+
+def release_orphaned_worker_groups() -> int:
+    """Remove this job's placement groups that no live actor uses, once every stage has finished.
+
+    A stage driver that dies (and is retried) takes its Train controller with it; Ray Train's
+    PlacementGroupCleaner should then free the controller's worker group, but it races the
+    controller's own shutdown (the cleaner is stopped "without cleaning" when the controller aborts),
+    and the group's CPUs/GPUs stay reserved until the job ends. With no stage running, a group of
+    this job without a live actor is such a leftover. Needs the State API (the dashboard); without
+    it, nothing is removed. Returns the number removed."""
+    import ray
+    from ray.util.placement_group import PlacementGroup, remove_placement_group
+
+    try:
+        from ray.util.state import list_actors, list_placement_groups
+
+        job = ray.get_runtime_context().get_job_id()
+        groups = [g for g in list_placement_groups(filters=[("state", "=", "CREATED")], detail=True,
+                                                   limit=10_000, raise_on_missing_output=True)
+                  if g.creator_job_id == job]
+        used = {a.placement_group_id for a in list_actors(filters=[("state", "=", "ALIVE")], detail=True,
+                                                          limit=10_000, raise_on_missing_output=True)}
+    except Exception:  # no State API (no dashboard), or a listing cut short: leave every group alone
+        return 0
+    orphans = [g for g in groups if g.placement_group_id not in used]
+    for group in orphans:
+        remove_placement_group(PlacementGroup(ray.PlacementGroupID(bytes.fromhex(group.placement_group_id))))
+    if orphans:
+        print(f"== released {len(orphans)} worker group(s) left by stage drivers that died", flush=True)
+    return len(orphans)
 
 
 def _train_stage(stage, experiment: str, fresh_tag: str | None, label: str) -> None:

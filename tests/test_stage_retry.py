@@ -92,3 +92,31 @@ def test_a_stage_driver_that_dies_is_retried_and_resumes(ray_with_dashboard, tmp
     while ray.available_resources().get("CPU", 0) < 2 and time.monotonic() < deadline:
         time.sleep(0.5)
     assert ray.available_resources().get("CPU", 0) == 2, ray.available_resources()
+
+
+def test_worker_groups_left_without_actors_are_released(ray_with_dashboard):
+    """After the stages, a placement group of this job that no live actor uses (a dead stage
+    driver's Train worker group) is removed and its CPUs come back; a group in use is kept."""
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    from raylam.pipeline import release_orphaned_worker_groups
+
+    ray = ray_with_dashboard
+    orphan, in_use = placement_group([{"CPU": 0.5}]), placement_group([{"CPU": 0.5}])
+    ray.get([orphan.ready(), in_use.ready()], timeout=300)
+
+    @ray.remote(num_cpus=0.5)
+    class Holder:
+        def ping(self):
+            return True
+
+    holder = Holder.options(placement_group=in_use).remote()
+    assert ray.get(holder.ping.remote(), timeout=300)
+    deadline = time.monotonic() + 300  # the State API lists the actor once the GCS has it
+    while release_orphaned_worker_groups() == 0 and time.monotonic() < deadline:
+        time.sleep(1)
+    assert release_orphaned_worker_groups() == 0  # the group in use is never taken
+    tables = ray.util.placement_group_table()
+    assert tables[orphan.id.hex()]["state"] == "REMOVED" and tables[in_use.id.hex()]["state"] == "CREATED"
+    ray.kill(holder)
+    remove_placement_group(in_use)

@@ -343,8 +343,11 @@ def _legend_below(fig, axes) -> None:
     references = [label for label in entries if label.split(" ")[0] in REFERENCE_METHODS]
     entries = {label: entries[label] for label in [x for x in entries if x not in references] + references}
     if entries:
+        # as many columns as the figure's width holds (a one-panel figure is narrow), at most 8
+        entry_inches = 0.5 + 0.065 * max(len(label) for label in entries)
+        fits = max(1, min(8, int(fig.get_size_inches()[0] // entry_inches)))
         fig.legend(list(entries.values()), list(entries), loc="outside lower center",
-                   ncol=math.ceil(len(entries) / math.ceil(len(entries) / 8)), fontsize=8, frameon=False)
+                   ncol=math.ceil(len(entries) / math.ceil(len(entries) / fits)), fontsize=8, frameon=False)
 
 
 def _save(fig, path: str) -> bool:
@@ -456,7 +459,8 @@ def returns_figure(rows: list[dict]):
     _legend_below(fig, axes)
     seeds = seeds_of(rows)
     spread = (f"mean ± std over {len(seeds)} training seeds" if len(seeds) > 1
-              else "one training seed: ± is the std over its episodes")
+              else "one training seed: ± is the std over its episodes" if data
+              else "one training seed")
     fig.suptitle(spread, fontsize=9)
     return fig
 

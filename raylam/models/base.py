@@ -58,6 +58,8 @@ class Method(nn.Module):
         if probes is None:
             return loss
         probe_loss, probe_metrics = probes(batch, latent=latent, features=features)
+        if not probe_metrics:  # nothing to probe (no actions, no states: video without labels)
+            return loss
         metrics.update(probe_metrics)
         metrics["probe/loss"] = probe_loss.detach()
         return loss + probe_loss
