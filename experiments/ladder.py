@@ -42,15 +42,12 @@ def fmt(stat: tuple[float, float] | None, digits: int = 3) -> str:
 
 def in_training_probe(run_dir: Path) -> dict[str, float | None]:
     """The last held-out evaluation of the run's in-training action probe (None when absent)."""
-    rows = [r for r in read_metrics(str(run_dir)) if any(k.startswith("heldout/") for k in r)]
+    rows = [r for r in read_metrics(str(run_dir)) if "heldout/probe/action/mse" in r]
     if not rows:
         return {"mse": None, "r2": None}
     last = rows[-1]
-    mse = [v for k, v in last.items() if k.startswith("heldout/") and "probe" in k and "action" in k
-           and k.endswith("/mse")]
-    r2 = [v for k, v in last.items() if k.startswith("heldout/") and "probe" in k and "action" in k
-          and k.endswith("/r2")]
-    return {"mse": mse[0] if mse else None, "r2": r2[0] if r2 else None, "step": last.get("step")}
+    return {"mse": last["heldout/probe/action/mse"], "r2": last.get("heldout/probe/action/r2"),
+            "step": last.get("step")}
 
 
 def collect(results_path: Path) -> dict[str, list[dict]]:
