@@ -67,15 +67,21 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
-def _load(args):
-    """The experiment of ``--config`` plus overrides, checked against what the command will touch."""
-    from raylam.checks import check_experiment
+def _experiment(args):
+    """The experiment of ``--config`` plus overrides and ``--seeds``, validated; nothing else touched."""
     from raylam.experiment import load_experiment
 
     overrides = list(args.overrides)
     if getattr(args, "seeds", None):
         overrides.append(f"seeds={parse_seeds(args.seeds)}")
-    cfg = load_experiment(args.config, overrides)
+    return load_experiment(args.config, overrides)
+
+
+def _load(args):
+    """The experiment of ``--config`` plus overrides, checked against what the command will touch."""
+    from raylam.checks import check_experiment
+
+    cfg = _experiment(args)
     if args.print_config:
         print(json.dumps(to_dict(cfg), indent=2))
         sys.exit(0)
@@ -185,13 +191,17 @@ def cmd_metrics(args) -> int:
     return 0
 
 
+def _require_config_or_lam(args) -> None:
+    if not args.config and not args.lam:
+        raise UserError("give --config FILE (its evaluate.methods), or --lam RUN")
+
+
 def cmd_evaluate(args) -> int:
     from raylam.checks import check_output_dir, check_reachable, check_runs_exist
     from raylam.cluster import require_cluster_paths
     from raylam.eval.config import MethodRuns
 
-    if not args.config and not args.lam:
-        raise UserError("give --config FILE (its evaluate.methods), or --lam RUN")
+    _require_config_or_lam(args)
     cfg = _load(args)
     evaluation = cfg.evaluate
     if args.lam:  # ad hoc: probe these LAM runs, named by their directory
@@ -204,16 +214,23 @@ def cmd_evaluate(args) -> int:
         cfg.evaluate.output = args.output
     probes, rollouts = (args.probe or not args.rollout), (args.rollout or not args.probe)
     roots = cfg.run_root() if args.lam else cfg.seed_roots()  # --lam names its runs itself
-    check_runs_exist(evaluation.methods, {None: roots} if isinstance(roots, str) else roots)
+    sweep = cfg.label_budgets is not None and not args.lam  # one evaluation per label budget, merged
+    for budget_roots in [cfg.run_dirs(b) for b in cfg.label_budgets] if sweep else [roots]:
+        check_runs_exist(evaluation.methods, {None: budget_roots} if isinstance(budget_roots, str) else budget_roots)
     check_output_dir(output, "--output")
     check_reachable(output, "--output")
     _start_ray()
     require_cluster_paths(cfg, collect=False, train=bool(args.dataset))
     from raylam.eval.evaluate import evaluate_methods
+    from raylam.pipeline import evaluate_budgets
 
-    evaluate_methods(evaluation, roots, output, dataset=args.dataset, probes=probes, rollouts=rollouts,
-                     experiment=cfg.name)
-    print(f"results: {output}/results.json\nreport: {output}/report.md ({output}/report.html)")
+    if sweep:
+        evaluate_budgets(cfg, output, dataset=args.dataset, probes=probes, rollouts=rollouts)
+    else:
+        evaluate_methods(evaluation, roots, output, dataset=args.dataset, probes=probes, rollouts=rollouts,
+                         experiment=cfg.name)
+    results = f"{output}/labels*/results.json (one per label budget)" if sweep else f"{output}/results.json"
+    print(f"results: {results}\nreport: {output}/report.md ({output}/report.html)")
     return 0
 
 
@@ -411,6 +428,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clips", type=int, default=3, help="clips in the grid")
     p.add_argument("--seed", type=int, default=0, help="which clips to show")
     return parser
+
+
+def check_command(argv: list[str]) -> argparse.Namespace:
+    """Parse ``argv`` and load what it names as the command would (config, overrides, ``--seeds``,
+    ``--stage``, ``--methods``, a sweep's plan), then stop: no Ray, no data read, no path required to
+    exist, since a documented command may name data that an earlier one makes. Raises what the
+    command would (``SystemExit`` for bad arguments, ``UserError``); tests/test_docs_commands.py runs
+    every command of the docs through it. Not a flag: a real command fails on the same mistakes in
+    a second, before Ray starts, and ``--print-config`` already loads and stops."""
+    args = build_parser().parse_args(argv)
+    if not hasattr(args, "overrides"):  # metrics, report, export, inspect: their arguments are all there is
+        return args
+    if args.command == "tune":
+        from raylam.tune import load_sweep
+        from raylam.tune.sweep import plan_sweep
+
+        plan_sweep(*load_sweep(args.config, args.overrides))
+        return args
+    if args.command == "evaluate":
+        _require_config_or_lam(args)
+    cfg = _experiment(args)
+    if args.command == "ingest":
+        cfg.ingest.require_inputs()
+    for name in getattr(args, "stage", None) or ():
+        cfg.stage_index(name)
+    if getattr(args, "methods", None):
+        from raylam.pipeline import select_methods
+
+        select_methods(cfg, args.methods.split(","))
+    return args
 
 
 def one_line(err: BaseException) -> str:

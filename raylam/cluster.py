@@ -13,13 +13,14 @@ from __future__ import annotations
 from raylam.config import ConfigError
 
 
-def connect() -> None:
+def connect(runtime_env: dict | None = None) -> None:
     """Join the cluster this process belongs to (``RAY_ADDRESS``, a submitted job's) or start a
-    local one: the CLI's single ``ray.init``."""
+    local one (with ``runtime_env``, :func:`raylam.console.local_runtime_env`): the CLI's single
+    ``ray.init``."""
     import ray
 
     if not ray.is_initialized():
-        ray.init()
+        ray.init(runtime_env=runtime_env)
 
 
 def cluster_resources() -> dict[str, float]:

@@ -6,7 +6,11 @@ disabled" (raylam turns them off on purpose: training reports its own progress),
 job will hang" while Train workers hold the CPUs (it does not hang), deprecation warnings from
 Ray's own internals and a C++ error-level line about the PreemptionWatcher actor of every Train
 run. :func:`quiet_ray` drops exactly those lines (each by its logger and its words, so anything
-new still shows); ``raylam --verbose`` (``RAYLAM_VERBOSE=1``) keeps everything.
+new still shows); ``raylam --verbose`` (``RAYLAM_VERBOSE=1``) keeps everything. Two more are fixed
+where they start, in the Ray the command line starts (:func:`local_runtime_env`): a C++
+error-level line for each relabeling actor ("constructor arguments in the object store and
+max_restarts > 0", see :func:`raylam.train.relabel.labeler_options`), and a 30-line traceback of
+Ray Train's PlacementGroupCleaner when another Ray runs on the machine.
 """
 
 from __future__ import annotations
@@ -69,6 +73,41 @@ def quiet_ray_environment() -> None:
         os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning")
 
 
+LOCAL_RAY_ENV = "RAYLAM_LOCAL_RAY"  # "1" in the workers of a Ray that the command line started
+
+
+def local_runtime_env() -> dict:
+    """The job settings of a Ray the command line starts on this machine.
+
+    Its workers are told they run on a local Ray (:data:`LOCAL_RAY_ENV`), and each learns its
+    cluster's address (:func:`export_cluster_address`): a Ray worker that asks the State API
+    without one looks for Ray on the machine, and finds several when another Ray runs beside it.
+    Ray Train's PlacementGroupCleaner does so every few seconds; its thread then dies with a
+    30-line traceback and nobody frees the placement group of a controller that dies."""
+    return {"env_vars": {LOCAL_RAY_ENV: "1"}, "worker_process_setup_hook": f"{__name__}.export_cluster_address"}
+
+
+def export_cluster_address() -> None:
+    """Ray worker setup hook: ``RAY_ADDRESS`` = the address of the Ray this worker belongs to (unless
+    it names one already; ``local`` and ``auto`` do not), so that Ray's own address lookups (the
+    State API's) find this cluster and no other. Never raises: a failing hook would stop the worker."""
+    try:
+        import ray
+
+        if os.environ.get("RAY_ADDRESS", "") in ("", "local", "auto"):
+            os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
+    except Exception:  # without the address, the lookup is Ray's own, as before
+        pass
+
+
+def on_local_ray() -> bool:
+    """This process runs on a Ray nobody preempts: one it started itself, or a worker of a Ray the
+    command line started on this machine."""
+    from raylam.cluster import started_here
+
+    return started_here() or os.environ.get(LOCAL_RAY_ENV) == "1"
+
+
 def _starts_local_ray() -> bool:
     return os.environ.get("RAY_ADDRESS", "local") in ("", "local")
 
@@ -97,6 +136,6 @@ def start_ray() -> None:
     started = time.perf_counter()
     if not announce_ray_start():
         return
-    connect()
+    connect(runtime_env=local_runtime_env() if _starts_local_ray() else None)
     cpus = ray.cluster_resources().get("CPU", 0)
     print(f"Ray ready in {time.perf_counter() - started:.0f} s ({cpus:g} CPUs)", file=sys.stderr, flush=True)

@@ -1,7 +1,10 @@
 """``raylam pipeline``: collect -> every training stage -> evaluate -> report, in one command.
 
 With several training seeds (``seeds``) the chain runs once per seed, each seed in its own run
-root, and the evaluation merges the seeds into one report (mean ± std over seeds).
+root, and the evaluation merges the seeds into one report (mean ± std over seeds). With
+``label_budgets`` the stages that read labels (and those reading them) run once per budget, the
+label-free ones once for all budgets; each budget is evaluated into ``<output>/labels<n>`` and
+the report merges the budgets (the label-budget figure).
 Each step is the same function its own command runs. A rerun picks up where the last one stopped:
 collection skips finished shards, a stage whose ``artifact.json`` records its identity (config and
 inputs) is not trained again, an interrupted one resumes, and a stage whose config or upstream
@@ -15,7 +18,7 @@ import uuid
 
 from raylam.cluster import cluster_resources, require_cluster_paths
 from raylam.config import ConfigError, UserError, to_dict
-from raylam.experiment import ExperimentConfig
+from raylam.experiment import ExperimentConfig, budget_dir
 from raylam.train.config import UPSTREAM_FIELDS
 
 
@@ -79,9 +82,22 @@ def select_methods(exp: ExperimentConfig, methods: list[str] | None) -> list[int
 def stage_inputs(exp: ExperimentConfig, index: int) -> list[int]:
     """Indices of the earlier stages stage ``index`` reads (its LAM, labels, policy)."""
     names = [s["run_name"] for s in exp.stages]
-    entry = exp.stages[index]
-    return [names.index(entry[key]) for key in UPSTREAM_FIELDS
-            if isinstance(entry.get(key), str) and entry[key] in names[:index]]
+    return [names.index(name) for name in exp.upstream(index).values()]
+
+
+def stage_jobs(exp: ExperimentConfig, stages: list[int]) -> list[tuple[int, int | None, int]]:
+    """``(seed, budget, stage index)`` of every training job, in dependency order: a stage that
+    depends on the label budget once per budget of ``label_budgets``, any other once (budget None)."""
+    dependent = exp.label_dependent()
+    return [(seed, budget, i) for seed in exp.seed_list() for i in stages
+            for budget in (exp.label_budgets if exp.stages[i]["run_name"] in dependent else [None])]
+
+
+def job_inputs(exp: ExperimentConfig, job: tuple[int, int | None, int]) -> list[tuple[int, int | None, int]]:
+    """The jobs whose runs ``job`` reads: the same budget's label-dependent runs, the shared others."""
+    seed, budget, i = job
+    dependent = exp.label_dependent()
+    return [(seed, budget if exp.stages[j]["run_name"] in dependent else None, j) for j in stage_inputs(exp, i)]
 
 
 def concurrent_stages(exp: ExperimentConfig) -> int:
@@ -101,8 +117,8 @@ def concurrent_stages(exp: ExperimentConfig) -> int:
 
 
 def run_stages(exp: ExperimentConfig, stages: list[int], force: bool, timings: dict) -> None:
-    """Train ``stages`` for every seed in dependency order, skipping those already done (a rerun of
-    the same job trains nothing). On a Ray this process started, with room for one stage, one at a
+    """Train ``stages`` for every seed (and label budget, for the stages it changes) in dependency
+    order, skipping those already done (a rerun of the same job trains nothing). On a Ray this process started, with room for one stage, one at a
     time in this process; otherwise (any cluster raylam joined, or room for several) each as a Ray
     task retried ``stage_retries`` times if its process or node dies, pinned to the head when the
     cluster declares a ``head`` resource, started as soon as the stages it reads are done: the method
@@ -112,20 +128,21 @@ def run_stages(exp: ExperimentConfig, stages: list[int], force: bool, timings: d
     from raylam.cluster import started_here
     from raylam.train.trainer import train
 
-    seeds = exp.seed_list()
-    jobs = [(seed, i) for seed in seeds for i in stages]
+    seeds, dependent = exp.seed_list(), exp.label_dependent()
+    jobs = stage_jobs(exp, stages)
     total, limit = len(jobs), concurrent_stages(exp)
-    done: set[tuple[int, int]] = set()
+    done: set[tuple] = set()
     running: dict = {}  # object ref -> (job, start time)
 
-    def label(seed: int, i: int) -> str:
+    def label(seed: int, budget: int | None, i: int) -> str:
         name = exp.stages[i]["run_name"]
-        return name if len(seeds) == 1 else f"seed{seed}/{name}"
+        parts = [budget_dir(budget)] if name in dependent else []
+        return "/".join([*parts, *([f"seed{seed}"] if len(seeds) > 1 else []), name])
 
     def start(job, k: int):
         """The stage's config, or None when it is already done (said so)."""
-        seed, i = job
-        stage = exp.stage(i, seed)
+        seed, budget, i = job
+        stage = exp.stage(i, seed, budget)
         if not force and stage_is_done(stage):
             print(f"== stage {k}/{total} {label(*job)}: already done with this config, skipped", flush=True)
             return None
@@ -151,12 +168,15 @@ def run_stages(exp: ExperimentConfig, stages: list[int], force: bool, timings: d
     hint = "" if exp.concurrent_stages is not None else \
         " (concurrent_stages=N: how many an autoscaled cluster's GPU node types hold)"
     print(f"== {total} stages, up to {limit} at once as retried Ray tasks{hint}", flush=True)
+    relabel_cpus: dict = {}  # object ref of a running relabel -> the CPUs it holds at least
     while pending or running:
         for job in list(pending):
             if len(running) >= limit:
                 break
-            seed, i = job
-            if all((seed, j) in done for j in stage_inputs(exp, i) if (seed, j) in jobs):
+            if all(needed in done for needed in job_inputs(exp, job) if needed in jobs):
+                need = relabel_need(exp.stage(job[2], job[0], job[1]))
+                if need and relabel_cpus and sum(relabel_cpus.values()) + need > cluster_resources().get("CPU", 0):
+                    continue  # waits for the running relabel (see relabel_need)
                 pending.remove(job)
                 started += 1
                 stage = start(job, started)
@@ -164,12 +184,15 @@ def run_stages(exp: ExperimentConfig, stages: list[int], force: bool, timings: d
                     done.add(job)
                     continue
                 tag = uuid.uuid4().hex[:6] if force else None
-                running[remote_train.remote(stage, exp.name, tag, f"[{started}/{total}] {label(*job)}")] = \
-                    (job, time.perf_counter())
+                ref = remote_train.remote(stage, exp.name, tag, f"[{started}/{total}] {label(*job)}")
+                running[ref] = (job, time.perf_counter())
+                if need:
+                    relabel_cpus[ref] = need
         if not running:
             continue
         ready, _ = ray.wait(list(running), num_returns=1)
         job, t = running.pop(ready[0])
+        relabel_cpus.pop(ready[0], None)
         try:
             ray.get(ready[0])  # a failed stage stops the pipeline here, with its error
         except ray.exceptions.RayTaskError as err:
@@ -180,6 +203,16 @@ def run_stages(exp: ExperimentConfig, stages: list[int], force: bool, timings: d
         timings[label(*job)] = time.perf_counter() - t
         print(f"== stage {label(*job)} done ({timings[label(*job)]:.0f} s)", flush=True)
     release_orphaned_worker_groups()
+
+
+def relabel_need(stage) -> float:
+    """The CPUs a relabel stage holds for its whole run (0 for any other stage): its labeling
+    actor's, plus one read/write task's beside it. Two relabels whose needs exceed the cluster's CPUs
+    do not run at once: each actor would hold a CPU the other's writes wait for (a deadlock, measured
+    with two relabels on 2 CPUs); a relabel beside a training stage only waits for it."""
+    if stage.stage != "relabel":
+        return 0.0
+    return (0.0 if stage.use_gpu else stage.cpus_per_actor) + stage.data.read_cpus
 
 
 def release_orphaned_worker_groups() -> int:
@@ -197,12 +230,13 @@ def release_orphaned_worker_groups() -> int:
     try:
         from ray.util.state import list_actors, list_placement_groups
 
-        job = ray.get_runtime_context().get_job_id()
-        groups = [g for g in list_placement_groups(filters=[("state", "=", "CREATED")], detail=True,
+        context = ray.get_runtime_context()
+        job, address = context.get_job_id(), context.gcs_address  # this cluster, not any Ray on the machine
+        groups = [g for g in list_placement_groups(address=address, filters=[("state", "=", "CREATED")], detail=True,
                                                    limit=10_000, raise_on_missing_output=True)
                   if g.creator_job_id == job]
-        used = {a.placement_group_id for a in list_actors(filters=[("state", "=", "ALIVE")], detail=True,
-                                                          limit=10_000, raise_on_missing_output=True)}
+        used = {a.placement_group_id for a in list_actors(address=address, filters=[("state", "=", "ALIVE")],
+                                                          detail=True, limit=10_000, raise_on_missing_output=True)}
     except Exception:  # no State API (no dashboard), or a listing cut short: leave every group alone
         return 0
     orphans = [g for g in groups if g.placement_group_id not in used]
@@ -225,6 +259,7 @@ def run_pipeline(exp: ExperimentConfig, force: bool = False, methods: list[str] 
 
     from raylam.data.collect import collect
     from raylam.eval.evaluate import evaluate_methods
+
     if not exp.stages:
         raise ConfigError(f"pipeline: experiment {exp.name!r} defines no `stages` to train")
     if not exp.evaluate.methods:
@@ -241,7 +276,33 @@ def run_pipeline(exp: ExperimentConfig, force: bool = False, methods: list[str] 
     run_stages(exp, stages, force, timings)
     t = time.perf_counter()
     output = exp.eval_output()
-    results = evaluate_methods(exp.evaluate, exp.seed_roots(), output, experiment=exp.name)
+    if exp.label_budgets is None:
+        results = evaluate_methods(exp.evaluate, exp.seed_roots(), output, experiment=exp.name)
+    else:
+        results = evaluate_budgets(exp, output)
     timings["evaluate"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - start
     return {"output": output, "report": f"{output}/report.md", "timings": timings, "results": results}
+
+
+def evaluate_budgets(exp: ExperimentConfig, output: str, **kwargs) -> dict:
+    """A label-budget sweep's evaluation: every budget of ``label_budgets`` into
+    ``<output>/labels<n>`` (its runs, and the shared label-free ones; every method row records the
+    budget), then one report over all budgets in ``output``, merged as ``raylam report`` merges
+    (no results.json of its own there, so ``raylam report <output>`` finds the budgets' files).
+    ``kwargs`` go to :func:`~raylam.eval.evaluate.evaluate_methods`. Returns the merged results."""
+    from raylam.eval.evaluate import evaluate_methods
+    from raylam.eval.report import merge_results, write_report
+
+    outputs = []
+    for budget in exp.label_budgets:
+        out = f"{output.rstrip('/')}/{budget_dir(budget)}"
+        print(f"== evaluate label budget {'all' if budget is None else budget} -> {out}", flush=True)
+        evaluate_methods(exp.evaluate, exp.run_dirs(budget), out, experiment=exp.name, num_labeled=budget, **kwargs)
+        outputs.append(out)
+    merged = merge_results(outputs)
+    merged["experiment"] = exp.name
+    write_report(merged, output)
+    print(f"== report over label budgets {', '.join(str(b or 'all') for b in exp.label_budgets)} -> "
+          f"{output}/report.md", flush=True)
+    return merged

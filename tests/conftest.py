@@ -29,8 +29,11 @@ def init_local_ray(dashboard: bool = False) -> None:
     relies on, is served by it."""
     import ray
 
-    ray.init(address="local", num_cpus=2, include_dashboard=dashboard, log_to_driver=False,
-             runtime_env={"env_vars": {"MUJOCO_GL": os.environ["MUJOCO_GL"]}})
+    from raylam.console import local_runtime_env
+
+    runtime_env = local_runtime_env()  # as the command line's Ray: workers know their own cluster's address
+    runtime_env["env_vars"] = {**runtime_env["env_vars"], "MUJOCO_GL": os.environ["MUJOCO_GL"]}
+    ray.init(address="local", num_cpus=2, include_dashboard=dashboard, log_to_driver=False, runtime_env=runtime_env)
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ QUICKSTART = CONFIGS / "quickstart.yaml"
 
 
 def test_quickstart_loads_and_overrides_apply(tmp_path):
-    cfg = load_experiment(QUICKSTART, ["collect.episodes=3", "collect.env.preset=hard"])
+    cfg = load_experiment(QUICKSTART, ["collect.episodes=3", "collect.num_labeled=2", "collect.env.preset=hard"])
     assert isinstance(cfg, ExperimentConfig)
     assert cfg.collect.episodes == 3
     assert cfg.collect.env.preset == "hard"
@@ -262,7 +262,8 @@ def test_one_stage_overridden_from_the_command_line():
     by_name = {name: cfg.stage(i) for i, name in enumerate(names)}
     assert by_name["laom_sup"].model.sup_coef == 0.5 and by_name["laom_sup"].steps == 7
     assert by_name["laom"].steps == 9  # stages.<name>.* beats train.*
-    assert by_name["lapo"].steps == 7 and by_name["laom_sup_bc"].model.sup_coef == 0.01
+    file_value = load_experiment(QUICKSTART).train.model.sup_coef
+    assert by_name["lapo"].steps == 7 and by_name["laom_sup_bc"].model.sup_coef == file_value != 0.5
     with pytest.raises(ConfigError, match="override stages.laomx: no stage 'laomx'"):
         load_experiment(QUICKSTART, ["stages.laomx.steps=3"])
     with pytest.raises(ConfigError, match=r"stages\[0\] \(laom_sup\): model.sup_coef: got -1"):
@@ -301,3 +302,17 @@ def test_library_code_never_calls_ray_init():
                     and isinstance(node.func.value, ast.Name) and node.func.value.id == "ray":
                 callers.add(path.relative_to(root).as_posix())
     assert callers == {"cluster.py"}
+
+
+def test_relabel_cpu_needs_decide_what_runs_at_once():
+    """The pipeline starts a relabel beside another only when both fit the CPUs (pipeline.relabel_need):
+    the quickstart's relabels take one CPU each, so two run at once on its 2-CPU machine; a relabel
+    at the defaults holds two, so a second one waits instead of deadlocking."""
+    from raylam.pipeline import relabel_need
+
+    exp = load_experiment(QUICKSTART)
+    needs = {entry["run_name"]: relabel_need(exp.stage(i)) for i, entry in enumerate(exp.stages)}
+    assert needs["laom_sup_labels"] == needs["idm_labels"] == 1.0
+    assert needs["laom_sup"] == needs["bc"] == 0.0  # training stages are not gated
+    defaults = load_experiment(QUICKSTART, ["stages.laom_labels.cpus_per_actor=1", "stages.laom_labels.data.read_cpus=1"])
+    assert relabel_need(defaults.stage([s["run_name"] for s in defaults.stages].index("laom_labels"))) == 2.0

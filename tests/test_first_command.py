@@ -267,6 +267,74 @@ def test_a_local_ray_gets_no_preemption_watcher(monkeypatch):
     assert "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER" not in os.environ
 
 
+def test_a_local_rays_workers_know_its_address_and_that_it_is_local(monkeypatch):
+    """With another Ray on the machine, a worker's State API lookup without an address finds several and
+    Ray Train's PlacementGroupCleaner dies with a 30-line traceback: the CLI's local Ray tells each worker."""
+    import os
+    import types
+
+    import ray
+
+    from raylam import console
+
+    env = console.local_runtime_env()
+    assert env["env_vars"] == {console.LOCAL_RAY_ENV: "1"}
+    assert env["worker_process_setup_hook"] == "raylam.console.export_cluster_address"
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(ray, "get_runtime_context", lambda: types.SimpleNamespace(gcs_address="10.0.0.1:6379"))
+    console.export_cluster_address()
+    assert os.environ["RAY_ADDRESS"] == "10.0.0.1:6379"
+    monkeypatch.setenv("RAY_ADDRESS", "local")  # the way the Ray was started, not an address
+    console.export_cluster_address()
+    assert os.environ["RAY_ADDRESS"] == "10.0.0.1:6379"
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.2:6379")  # an address already set stays
+    console.export_cluster_address()
+    assert os.environ["RAY_ADDRESS"] == "10.0.0.2:6379"
+
+    def broken():
+        raise RuntimeError("not connected")
+
+    monkeypatch.setattr(ray, "get_runtime_context", broken)
+    console.export_cluster_address()  # a hook that raised would stop the worker
+
+
+def test_relabel_actors_restart_on_a_cluster_only(monkeypatch):
+    """Restarts (and Ray's error-level line about them) where a node may be lost, none on a local Ray."""
+    from raylam.console import LOCAL_RAY_ENV
+    from raylam.train import relabel
+
+    def map_batches(fn, **ray_remote_args):
+        pass
+
+    def named_only(fn, *, num_cpus=None):
+        pass
+
+    monkeypatch.setattr("raylam.cluster.started_here", lambda: False)
+    monkeypatch.delenv(LOCAL_RAY_ENV, raising=False)
+    assert relabel.labeler_options(map_batches) == {}
+    monkeypatch.setenv(LOCAL_RAY_ENV, "1")  # a worker of the CLI's local Ray (a stage run as a task)
+    assert relabel.labeler_options(map_batches) == {"max_restarts": 0}
+    assert relabel.labeler_options(named_only) == {}  # a Ray that no longer takes it: left out
+    monkeypatch.delenv(LOCAL_RAY_ENV)
+    monkeypatch.setattr("raylam.cluster.started_here", lambda: True)  # the process that started Ray
+    assert relabel.labeler_options(map_batches) == {"max_restarts": 0}
+
+
+def test_tune_says_it_starts_ray(monkeypatch, tmp_path):
+    """`raylam tune` announces Ray like every other command: after its checks, before connecting."""
+
+    class Started(Exception):
+        pass
+
+    def start_ray():
+        raise Started
+
+    monkeypatch.setattr("raylam.console.start_ray", start_ray)
+    with pytest.raises(Started):
+        main(["tune", "--config", str(ROOT / "configs" / "tune_quickstart.yaml"),
+              f"train.storage_path={tmp_path / 'runs'}", f"train.dataset={tmp_path / 'data'}"])
+
+
 # ---------------------------------------------------------------- 7. grids without repeats
 
 

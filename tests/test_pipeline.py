@@ -33,9 +33,10 @@ def tiny_overrides(tmp: Path | str) -> list[str]:
     return [
         f"collect.output={data}", "collect.episodes=3", "collect.heldout_episodes=1", "collect.num_labeled=1",
         "collect.env.episode_length=40", "collect.clip_length=32", "collect.progress=false",
-        f"train.dataset={data}", f"train.storage_path={runs}", "train.steps=2", "train.report_every=1",
+        f"train.dataset={data}", f"train.storage_path={runs}", "train.num_labeled=1", "train.steps=2", "train.report_every=1",
         "train.checkpoint_every=2", "train.batch_size=8", "train.labeled_batch_size=4", "train.data.read_cpus=0.5",
-        "evaluate.rollout.episodes=1", "evaluate.rollout.episode_length=20", "evaluate.rollout.strip_frames=3",
+        "evaluate.rollout.episodes=1", "evaluate.rollout.episode_length=20",
+        "evaluate.rollout.settings=[vanilla, scale_easy_video_hard]", "evaluate.rollout.strip_frames=3",
         "evaluate.rollout.num_actors=1", "evaluate.probe.max_fit_windows=64", "evaluate.probe.batch_size=32",
     ]
 

@@ -30,11 +30,26 @@ RESULTS_FORMAT = "raylam-results/1"
 REFERENCES = ("expert", "random")  # agents that bracket the scale: normalized return ~1 and ~0
 
 
-def run_path(name: str | None, run_root: str) -> str | None:
-    """A bare run name is a run of this experiment; anything with a '/' is a path or URI."""
+def run_path(name: str | None, run_root: str | Mapping[str, str]) -> str | None:
+    """A bare run name is a run of this experiment: in ``run_root``, or where the mapping ``{run_name:
+    run directory}`` puts it (a label-budget sweep's runs live in several folders); anything with a
+    '/' is a path or URI."""
     if name is None:
         return None
-    return name if "/" in name else f"{run_root.rstrip('/')}/{name}"
+    if "/" in name:
+        return name
+    if isinstance(run_root, Mapping):
+        if name not in run_root:
+            raise ValueError(f"evaluate: {name!r} is not a run of this experiment (runs: {', '.join(run_root)})")
+        return run_root[name]
+    return f"{run_root.rstrip('/')}/{name}"
+
+
+def _where(run_root: str | Mapping[str, str]) -> str:
+    """The folder(s) of a run root, for messages."""
+    if isinstance(run_root, str):
+        return run_root
+    return ", ".join(sorted({path.rsplit("/", 1)[0] for path in run_root.values()}))
 
 
 def env_of_dataset(info: DatasetInfo) -> EnvConfig:
@@ -59,8 +74,9 @@ def _data_preset(info: DatasetInfo) -> str | None:
     return ((info.manifest.get("config") or {}).get("env") or {}).get("preset")
 
 
-def _row(method: str, runs: dict, artifact: dict | None, info: DatasetInfo, seed: int | None) -> dict:
-    labeled = artifact.get("num_labeled") if artifact else None
+def _row(method: str, runs: dict, artifact: dict | None, info: DatasetInfo, seed: int | None,
+         num_labeled: int | None = None) -> dict:
+    labeled = num_labeled if num_labeled is not None else artifact.get("num_labeled") if artifact else None
     if labeled is None:  # null budget: every labeled episode of the dataset
         labeled = len(info.manifest["labeled_episodes"])
     return {
@@ -69,13 +85,16 @@ def _row(method: str, runs: dict, artifact: dict | None, info: DatasetInfo, seed
     }
 
 
-def evaluate_methods(cfg: EvalConfig, run_root: str | Mapping[int, str], output: str, dataset: str | None = None,
-                     probes: bool = True, rollouts: bool = True, experiment: str = "raylam") -> dict:
+def evaluate_methods(cfg: EvalConfig, run_root: str | Mapping[int, str | Mapping[str, str]], output: str,
+                     dataset: str | None = None, probes: bool = True, rollouts: bool = True,
+                     experiment: str = "raylam", num_labeled: int | None = None) -> dict:
     """Evaluate ``cfg.methods``; write results + report to ``output``.
 
     ``run_root``: where the methods' bare run names live -- one directory, or ``{training seed:
-    directory}`` for several seeds (each seed's rows also go to ``<output>/seed<k>/results.json``).
-    Every row's ``seed`` is the training seed its run's artifact records.
+    directory or {run_name: run directory}}`` for several seeds (each seed's rows also go to
+    ``<output>/seed<k>/results.json``). Every row's ``seed`` is the training seed its run's artifact
+    records; its ``num_labeled`` the label budget the artifact records, or ``num_labeled`` when
+    given: one budget of a sweep, whose label-free runs every budget shares.
     """
     from raylam.eval.report import write_report
 
@@ -86,11 +105,11 @@ def evaluate_methods(cfg: EvalConfig, run_root: str | Mapping[int, str], output:
     rows, strips = [], {}
     for seed, root in roots.items():
         if len(roots) > 1:
-            print(f"== training seed {seed}: {root}", flush=True)
+            print(f"== training seed {seed}: {_where(root)}", flush=True)
         # one root: the row's seed is whatever its runs were trained with; several: each root must hold its seed
         episodes = f"{output.rstrip('/')}/{EPISODES}" + (f"/seed{seed}" if len(roots) > 1 else "")
         seed_rows, seed_strips = _evaluate_root(cfg, root, cfg.seed if seed is None else seed, len(roots) > 1,
-                                                dataset, probes, rollouts, episodes)
+                                                dataset, probes, rollouts, episodes, num_labeled)
         if len(roots) > 1:
             seed_out = resolve(f"{output.rstrip('/')}/seed{seed}")
             seed_out.makedirs()
@@ -132,8 +151,9 @@ def _document(cfg: EvalConfig, experiment: str, rows: list[dict], wall_s: float)
     }
 
 
-def _evaluate_root(cfg: EvalConfig, run_root: str, seed: int, strict: bool, dataset: str | None,
-                   probes: bool, rollouts: bool, episodes: str) -> tuple[list[dict], dict]:
+def _evaluate_root(cfg: EvalConfig, run_root: str | Mapping[str, str], seed: int, strict: bool,
+                   dataset: str | None, probes: bool, rollouts: bool, episodes: str,
+                   num_labeled: int | None = None) -> tuple[list[dict], dict]:
     """Probes and rollouts of every method whose runs live in ``run_root``: (rows, strips).
 
     A row's seed is the one its runs' artifact records (``seed`` for runs that record none);
@@ -146,8 +166,8 @@ def _evaluate_root(cfg: EvalConfig, run_root: str, seed: int, strict: bool, data
         trained = training_seed(artifact, seed)
         if strict and trained != seed:
             raise ValueError(f"evaluate: {m.name}'s run {runs['policy'] or runs['lam']} was trained with seed "
-                             f"{trained}, but it lives in the run root of seed {seed} ({run_root})")
-        row = _row(m.name, {k: v for k, v in runs.items() if v}, artifact, info, trained)
+                             f"{trained}, but it lives in the run root of seed {seed} ({_where(run_root)})")
+        row = _row(m.name, {k: v for k, v in runs.items() if v}, artifact, info, trained, num_labeled)
         if runs["lam"]:  # the paper's diagnostic: the probes trained beside the LAM (own optimizer, constant lr)
             metrics = read_artifact(runs["lam"]).get("metrics", {})
             row["training_probe"] = {k: v for k, v in metrics.items() if "probe" in k or k.startswith("heldout/")}

@@ -10,6 +10,8 @@ its windows one episode at a time, so nothing ever holds the whole table.
 from __future__ import annotations
 
 import datetime as dt
+import sys
+import warnings
 
 import numpy as np
 import pyarrow as pa
@@ -35,6 +37,23 @@ def writable(array: np.ndarray) -> np.ndarray:
     tensor over read-only memory warns; a batch is small next to the model's work on it."""
     array = np.ascontiguousarray(array)
     return array if array.flags.writeable else array.copy()
+
+
+def labeler_options(map_batches) -> dict:
+    """Extra ``map_batches`` arguments of the labeling actors: none (Ray Data's default, restarted
+    forever) on a cluster, whose nodes may be lost; ``max_restarts=0`` on a Ray this machine runs
+    alone (no node to lose; an actor that crashes fails the stage, and a rerun relabels). Ray logs an
+    error-level line for every actor it creates with restarts and arguments in the object store, as
+    Ray Data's are (held by Ray Data for the whole run, so the restart it warns about would work):
+    locally it only alarmed. Ray 2.60 takes ``max_restarts`` only among the ``ray_remote_args`` it
+    deprecates (gone in 2.64 unless named there by then): then it is left out."""
+    import inspect
+
+    from raylam.console import on_local_ray
+
+    params = inspect.signature(map_batches).parameters
+    takes = "max_restarts" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    return {"max_restarts": 0} if takes and on_local_ray() else {}
 
 
 class Labeler:
@@ -78,17 +97,23 @@ def relabel(cfg: RelabelConfig, experiment: str = "raylam") -> StageResult:
     out = run_dir.url(LABELS)
     run_dir.fs.delete_dir_contents(run_dir.path(LABELS), missing_dir_ok=True)  # a rerun replaces, never appends
     gpus = 1 if cfg.use_gpu else 0
-    configure_data_context(True)
+    # Ray Data's progress bars where a terminal redraws them in place; a stage run as a Ray task
+    # (concurrent_stages > 1, a cluster) has its bars forwarded line by line, hundreds of them
+    configure_data_context(sys.stderr.isatty())
     splits = [s for s in ("train", "heldout") if info.manifest["splits"].get(s)]
     for split in splits:
         ds = window_dataset(info, spec, split=split, clips_per_task=cfg.data.clips_per_task, shuffle_seed=None,
                             num_cpus=cfg.data.read_cpus)
-        labels = ds.map_batches(
-            Labeler,
-            fn_constructor_kwargs={"lam_run": cfg.lam_run, "use_gpu": cfg.use_gpu},
-            batch_size=cfg.batch_size, batch_format="numpy", num_gpus=gpus, num_cpus=0 if gpus else cfg.cpus_per_actor,
-            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=cfg.max_actors),
-        )
+        with warnings.catch_warnings():  # Ray's deprecation of ray_remote_args (labeler_options)
+            warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+            labels = ds.map_batches(
+                Labeler,
+                fn_constructor_kwargs={"lam_run": cfg.lam_run, "use_gpu": cfg.use_gpu},
+                batch_size=cfg.batch_size, batch_format="numpy", num_gpus=gpus,
+                num_cpus=0 if gpus else cfg.cpus_per_actor,
+                compute=ray.data.ActorPoolStrategy(min_size=1, max_size=cfg.max_actors),
+                **labeler_options(ds.map_batches),
+            )
         # the writes are light: they take a decode task's CPU share, not Ray Data's default whole CPU,
         # so that on a small node reads, the labeling actor and the writes fit at once
         labels.write_parquet(out, partition_cols=["episode"], ray_remote_args={"num_cpus": cfg.data.read_cpus})

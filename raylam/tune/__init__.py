@@ -44,8 +44,10 @@ def cmd_tune(args) -> int:
         return 0
     from raylam.checks import check_experiment
     from raylam.cluster import check_paths, require_cluster_paths
+    from raylam.console import start_ray
 
     check_experiment(experiment, "tune")
+    start_ray()  # announced and timed, as every command that starts Ray
     require_cluster_paths(experiment, collect=False, evaluate=False)
     check_paths({"tune.storage_path": cfg.storage_path} if cfg.storage_path else {}, experiment.shared_filesystem)
     summary = run_tune(experiment, cfg, resume=args.resume)
