@@ -11,7 +11,7 @@ from pathlib import Path
 
 from raylam.config import to_dict
 from raylam.tune.config import AshaConfig, TrialResources, TuneConfig, TuneWandbConfig
-from raylam.tune.sweep import TuneSummary, run_tune
+from raylam.tune.sweep import TuneSummary, plan_sweep, run_tune
 
 __all__ = ["AshaConfig", "TrialResources", "TuneConfig", "TuneSummary", "TuneWandbConfig", "add_tune_parser",
            "cmd_tune", "load_sweep", "run_tune"]
@@ -47,6 +47,7 @@ def cmd_tune(args) -> int:
     from raylam.console import start_ray
 
     check_experiment(experiment, "tune")
+    plan_sweep(experiment, cfg)  # a sweep that cannot run fails here, before Ray starts
     start_ray()  # announced and timed, as every command that starts Ray
     require_cluster_paths(experiment, collect=False, evaluate=False)
     check_paths({"tune.storage_path": cfg.storage_path} if cfg.storage_path else {}, experiment.shared_filesystem)
