@@ -65,8 +65,10 @@ def test_a_stage_driver_that_dies_is_retried_and_resumes(ray_with_dashboard, tmp
             time.sleep(0.1)
         (attempt,) = (runs / "retry" / "bc").glob("train-*")
         wait_for_registered_checkpoint(str(attempt), 2, timeout_s=max(1.0, deadline - time.monotonic()))
-        (driver,) = [p for p in psutil.process_iter(["cmdline"])
-                     if (p.info["cmdline"] or [""])[0] == "ray::_train_stage"]
+        # this Ray's stage driver: a worker of its raylet (another Ray on the machine may run stages too)
+        raylet = ray._private.worker._global_node.all_processes["raylet"][0].process.pid
+        (driver,) = [p for p in psutil.process_iter(["cmdline", "ppid"])
+                     if (p.info["cmdline"] or [""])[0] == "ray::_train_stage" and p.info["ppid"] == raylet]
         os.kill(driver.pid, signal.SIGKILL)
         killed.append(driver.pid)
         # its Train worker goes with it (Ray kills what a dead process owned); until it has, it could
