@@ -19,7 +19,7 @@ import uuid
 from raylam.cluster import cluster_resources, require_cluster_paths
 from raylam.config import ConfigError, UserError, to_dict
 from raylam.experiment import ExperimentConfig, budget_dir
-from raylam.train.config import UPSTREAM_FIELDS
+from raylam.train.config import UPSTREAM_FIELDS, StageConfig
 
 
 def stage_is_done(cfg) -> bool:
@@ -139,10 +139,13 @@ def run_stages(exp: ExperimentConfig, stages: list[int], force: bool, timings: d
         parts = [budget_dir(budget)] if name in dependent else []
         return "/".join([*parts, *([f"seed{seed}"] if len(seeds) > 1 else []), name])
 
-    def start(job, k: int):
-        """The stage's config, or None when it is already done (said so)."""
+    def config(job) -> StageConfig:
         seed, budget, i = job
-        stage = exp.stage(i, seed, budget)
+        return exp.stage(i, seed, budget)
+
+    def start(job, k: int, stage: StageConfig):
+        """``stage`` (the job's config), or None when it is already done (said so)."""
+        seed = job[0]
         if not force and stage_is_done(stage):
             print(f"== stage {k}/{total} {label(*job)}: already done with this config, skipped", flush=True)
             return None
@@ -153,7 +156,7 @@ def run_stages(exp: ExperimentConfig, stages: list[int], force: bool, timings: d
 
     if limit == 1 and started_here():
         for k, job in enumerate(jobs, 1):
-            stage = start(job, k)
+            stage = start(job, k, config(job))
             if stage is not None:
                 t = time.perf_counter()
                 train(stage, exp.name, fresh=force, label=f"[{k}/{total}] {label(*job)}")
@@ -174,12 +177,13 @@ def run_stages(exp: ExperimentConfig, stages: list[int], force: bool, timings: d
             if len(running) >= limit:
                 break
             if all(needed in done for needed in job_inputs(exp, job) if needed in jobs):
-                need = relabel_need(exp.stage(job[2], job[0], job[1]))
+                stage = config(job)  # built once: the relabel check and start() read the same config
+                need = relabel_need(stage)
                 if need and relabel_cpus and sum(relabel_cpus.values()) + need > cluster_resources().get("CPU", 0):
                     continue  # waits for the running relabel (see relabel_need)
                 pending.remove(job)
                 started += 1
-                stage = start(job, started)
+                stage = start(job, started, stage)
                 if stage is None:
                     done.add(job)
                     continue
