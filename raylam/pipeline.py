@@ -164,6 +164,7 @@ def run_stages(exp: ExperimentConfig, stages: list[int], force: bool, timings: d
                 print(f"== stage {label(*job)} done ({timings[label(*job)]:.0f} s)", flush=True)
         return
     head = {"head": 0.001} if cluster_resources().get("head") else {}
+    groups_before = set(ray.util.placement_group_table())  # the cleanup afterwards leaves these alone
     # a driver lost with its process or node is retried (Ray's max_retries counts system failures only)
     # and resumes its Train run; under --force every retry resumes the one fresh attempt it started
     remote_train = ray.remote(_train_stage).options(num_cpus=0, max_retries=exp.stage_retries, resources=head)
@@ -206,7 +207,7 @@ def run_stages(exp: ExperimentConfig, stages: list[int], force: bool, timings: d
         done.add(job)
         timings[label(*job)] = time.perf_counter() - t
         print(f"== stage {label(*job)} done ({timings[label(*job)]:.0f} s)", flush=True)
-    release_orphaned_worker_groups()
+    release_orphaned_worker_groups(keep=groups_before)
 
 
 def relabel_need(stage) -> float:
@@ -219,33 +220,29 @@ def relabel_need(stage) -> float:
     return (0.0 if stage.use_gpu else stage.cpus_per_actor) + stage.data.read_cpus
 
 
-def release_orphaned_worker_groups() -> int:
-    """Remove this job's placement groups that no live actor uses, once every stage has finished.
+def release_orphaned_worker_groups(keep: set[str] | frozenset[str] = frozenset()) -> int:
+    """Remove this job's placement groups that nothing is scheduled in, once every stage has finished
+    (but those in ``keep``: the groups that existed before the stages started).
 
     A stage driver that dies (and is retried) takes its Train controller with it; Ray Train's
     PlacementGroupCleaner should then free the controller's worker group, but it races the
-    controller's own shutdown (the cleaner is stopped "without cleaning" when the controller aborts),
-    and the group's CPUs/GPUs stay reserved until the job ends. With no stage running, a group of
-    this job without a live actor is such a leftover. Needs the State API (the dashboard); without
-    it, nothing is removed. Returns the number removed."""
+    controller's own shutdown (the cleaner is stopped "without cleaning" when the controller aborts)
+    and needs the dashboard's State API, so the group's CPUs/GPUs can stay reserved until the job
+    ends. With no stage running, a group of this job with no task or actor in it is such a leftover.
+    Read from the GCS (no dashboard needed): a group's ID ends with its job's ID, and every task or
+    actor placed in a group holds a share of its ``bundle_group_<id>`` resource, so a group whose
+    share is all available holds nothing. Returns the number removed."""
     import ray
     from ray.util.placement_group import PlacementGroup, remove_placement_group
 
-    try:
-        from ray.util.state import list_actors, list_placement_groups
-
-        context = ray.get_runtime_context()
-        job, address = context.get_job_id(), context.gcs_address  # this cluster, not any Ray on the machine
-        groups = [g for g in list_placement_groups(address=address, filters=[("state", "=", "CREATED")], detail=True,
-                                                   limit=10_000, raise_on_missing_output=True)
-                  if g.creator_job_id == job]
-        used = {a.placement_group_id for a in list_actors(address=address, filters=[("state", "=", "ALIVE")],
-                                                          detail=True, limit=10_000, raise_on_missing_output=True)}
-    except Exception:  # no State API (no dashboard), or a listing cut short: leave every group alone
-        return 0
-    orphans = [g for g in groups if g.placement_group_id not in used]
+    job = ray.get_runtime_context().get_job_id()
+    groups = [pg for pg, info in ray.util.placement_group_table().items()
+              if info["state"] == "CREATED" and pg.endswith(job) and pg not in keep]
+    total, available = ray.cluster_resources(), ray.available_resources()
+    orphans = [pg for pg in groups
+               if f"bundle_group_{pg}" in total and available.get(f"bundle_group_{pg}", 0.0) >= total[f"bundle_group_{pg}"]]
     for group in orphans:
-        remove_placement_group(PlacementGroup(ray.PlacementGroupID(bytes.fromhex(group.placement_group_id))))
+        remove_placement_group(PlacementGroup(ray.PlacementGroupID(bytes.fromhex(group))))
     if orphans:
         print(f"== released {len(orphans)} worker group(s) left by stage drivers that died", flush=True)
     return len(orphans)

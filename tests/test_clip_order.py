@@ -46,8 +46,20 @@ def test_ranged_reads_give_the_bytes_of_the_tar(many_episodes):
     assert "physics.npy" not in captured  # members nobody reads are never sliced out
 
 
+@pytest.fixture
+def preserved_order():
+    """Blocks in the order the plan made them: Ray Data otherwise hands out whichever read task
+    finishes first (which, under load, reorders two shards' clips). The test checks the plan."""
+    from ray.data import DataContext
+
+    options = DataContext.get_current().execution_options
+    saved, options.preserve_order = options.preserve_order, True
+    yield
+    options.preserve_order = saved
+
+
 @pytest.mark.slow
-def test_clip_order_visits_every_clip_once_mixed_across_episodes(ray_local, many_episodes):
+def test_clip_order_visits_every_clip_once_mixed_across_episodes(ray_local, many_episodes, preserved_order):
     info, manifest = many_episodes
     spec = WindowSpec(frame_stack=3, max_offset=4)
     by_shard = clip_dataset(info, spec, clips_per_task=2, shuffle_seed=None).take_all()

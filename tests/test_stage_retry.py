@@ -97,28 +97,34 @@ def test_a_stage_driver_that_dies_is_retried_and_resumes(ray_with_dashboard, tmp
 
 
 def test_worker_groups_left_without_actors_are_released(ray_with_dashboard):
-    """After the stages, a placement group of this job that no live actor uses (a dead stage
-    driver's Train worker group) is removed and its CPUs come back; a group in use is kept."""
+    """After the stages, a placement group of this job that nothing is scheduled in (a dead stage
+    driver's Train worker group) is removed and its CPUs come back; a group in use is kept, and so is
+    one that existed before the stages (``keep``)."""
     from ray.util.placement_group import placement_group, remove_placement_group
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
     from raylam.pipeline import release_orphaned_worker_groups
 
     ray = ray_with_dashboard
-    orphan, in_use = placement_group([{"CPU": 0.5}]), placement_group([{"CPU": 0.5}])
-    ray.get([orphan.ready(), in_use.ready()], timeout=300)
+    orphan, in_use, older = (placement_group([{"CPU": 0.5}]), placement_group([{"CPU": 0.5}]),
+                             placement_group([{"CPU": 0.25}]))
+    ray.get([orphan.ready(), in_use.ready(), older.ready()], timeout=300)
+    keep = {older.id.hex()}
 
     @ray.remote(num_cpus=0.5)
     class Holder:
         def ping(self):
             return True
 
-    holder = Holder.options(placement_group=in_use).remote()
+    holder = Holder.options(scheduling_strategy=PlacementGroupSchedulingStrategy(in_use)).remote()
     assert ray.get(holder.ping.remote(), timeout=300)
-    deadline = time.monotonic() + 300  # the State API lists the actor once the GCS has it
-    while release_orphaned_worker_groups() == 0 and time.monotonic() < deadline:
+    deadline = time.monotonic() + 300  # the raylet reports the groups' resources to the GCS a moment later
+    while release_orphaned_worker_groups(keep) == 0 and time.monotonic() < deadline:
         time.sleep(1)
-    assert release_orphaned_worker_groups() == 0  # the group in use is never taken
+    assert release_orphaned_worker_groups(keep) == 0  # the group in use is never taken
     tables = ray.util.placement_group_table()
-    assert tables[orphan.id.hex()]["state"] == "REMOVED" and tables[in_use.id.hex()]["state"] == "CREATED"
+    assert tables[orphan.id.hex()]["state"] == "REMOVED"
+    assert tables[in_use.id.hex()]["state"] == "CREATED" and tables[older.id.hex()]["state"] == "CREATED"
     ray.kill(holder)
     remove_placement_group(in_use)
+    remove_placement_group(older)
