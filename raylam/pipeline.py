@@ -295,11 +295,12 @@ def evaluate_budgets(exp: ExperimentConfig, output: str, **kwargs) -> dict:
     from raylam.eval.evaluate import evaluate_methods
     from raylam.eval.report import merge_results, write_report
 
-    outputs = []
+    outputs, memo = [], {}  # runs every budget shares are probed, and references rolled out, once
     for budget in exp.label_budgets:
         out = f"{output.rstrip('/')}/{budget_dir(budget)}"
         print(f"== evaluate label budget {'all' if budget is None else budget} -> {out}", flush=True)
-        evaluate_methods(exp.evaluate, exp.run_dirs(budget), out, experiment=exp.name, num_labeled=budget, **kwargs)
+        evaluate_methods(exp.evaluate, exp.run_dirs(budget), out, experiment=exp.name, num_labeled=budget, memo=memo,
+                         **kwargs)
         outputs.append(out)
     merged = merge_results(outputs)
     merged["experiment"] = exp.name

@@ -180,6 +180,11 @@ def test_pipeline_sweeps_budgets_sharing_label_free_runs(ray_local, tmp_path, mo
     assert "already done" not in printed
     for job in ("laom", "laom_bc", "labels1/laom_decoder", "labels2/laom_decoder", "labels1/bc", "labels2/bc"):
         assert len(re.findall(rf"== stage \d/7 {job}: ", printed)) == 1, job  # started once
+    # the LAM both budgets share is probed once, and both budgets' rows carry that probe
+    assert printed.count(f"== probe laom: {root / 'laom'}\n") == 1
+    assert printed.count("(probed for an earlier budget)") == 1
+    probes = [json.loads((Path(out["output"]) / f"labels{b}" / "results.json").read_text())["rows"] for b in (1, 2)]
+    assert [r["probe"] for r in probes[0] if r["method"] == "laom"] == [r["probe"] for r in probes[1] if r["method"] == "laom"]
 
     run_pipeline(tiny_sweep(tmp_path))  # a rerun trains nothing
     printed = capsys.readouterr().out

@@ -214,3 +214,19 @@ def test_training_figure_shows_each_lams_objective_and_heldout_probe(tmp_path):
     assert len(r2_panel.get_lines()) == 6 and "held-out" in r2_panel.get_title()
     assert_readable(fig)
     assert report.plot_training(rows, str(tmp_path / "training.png"))
+
+
+def test_probe_bars_split_budgets_and_count_a_shared_run_once():
+    """A sweep evaluates a label-free LAM under every budget (the same run: one bar, counted once),
+    and a label-dependent one per budget (a bar per budget), in budget order."""
+    def row(method, budget, run, seed=0):
+        runs = {"lam": run, "decoder": f"runs/labels{budget}/{method}_decoder"}  # the decoder reads the labels
+        return {"method": method, "num_labeled": budget, "seed": seed, "runs": runs, "task": "cheetah-run",
+                "data": HARD, "probe": {"action": {"mse": 0.1 * budget}}}
+
+    rows = [row("laom", b, "runs/laom") for b in (16, 2)] + [row("laom_sup", b, f"runs/labels{b}/laom_sup")
+                                                             for b in (16, 2)]
+    rows += [row("laom_sup", 2, "runs/seed1/labels2/laom_sup", seed=1)]
+    bars = report.probe_bars(rows)
+    assert report._order(bars) == ["laom_sup · 2 labeled", "laom_sup · 16 labeled", "laom"]
+    assert len(bars["laom"]) == 1 and [r["seed"] for r in bars["laom_sup · 2 labeled"]] == [0, 1]

@@ -11,6 +11,7 @@ report shows mean ± std over the seeds.
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import time
 from collections.abc import Mapping
@@ -87,14 +88,17 @@ def _row(method: str, runs: dict, artifact: dict | None, info: DatasetInfo, seed
 
 def evaluate_methods(cfg: EvalConfig, run_root: str | Mapping[int, str | Mapping[str, str]], output: str,
                      dataset: str | None = None, probes: bool = True, rollouts: bool = True,
-                     experiment: str = "raylam", num_labeled: int | None = None) -> dict:
+                     experiment: str = "raylam", num_labeled: int | None = None,
+                     memo: dict | None = None) -> dict:
     """Evaluate ``cfg.methods``; write results + report to ``output``.
 
     ``run_root``: where the methods' bare run names live -- one directory, or ``{training seed:
     directory or {run_name: run directory}}`` for several seeds (each seed's rows also go to
     ``<output>/seed<k>/results.json``). Every row's ``seed`` is the training seed its run's artifact
     records; its ``num_labeled`` the label budget the artifact records, or ``num_labeled`` when
-    given: one budget of a sweep, whose label-free runs every budget shares.
+    given: one budget of a sweep, whose label-free runs every budget shares. ``memo``: a dict kept
+    across the budgets of one sweep, so that a run shared by every budget is probed, and the
+    reference policies are rolled out, once.
     """
     from raylam.eval.report import write_report
 
@@ -109,7 +113,8 @@ def evaluate_methods(cfg: EvalConfig, run_root: str | Mapping[int, str | Mapping
         # one root: the row's seed is whatever its runs were trained with; several: each root must hold its seed
         episodes = f"{output.rstrip('/')}/{EPISODES}" + (f"/seed{seed}" if len(roots) > 1 else "")
         seed_rows, seed_strips = _evaluate_root(cfg, root, cfg.seed if seed is None else seed, len(roots) > 1,
-                                                dataset, probes, rollouts, episodes, num_labeled)
+                                                dataset, probes, rollouts, episodes, num_labeled,
+                                                {} if memo is None else memo)
         if len(roots) > 1:
             seed_out = resolve(f"{output.rstrip('/')}/seed{seed}")
             seed_out.makedirs()
@@ -119,10 +124,13 @@ def evaluate_methods(cfg: EvalConfig, run_root: str | Mapping[int, str | Mapping
             strips.setdefault(method, frames)
     info = DatasetInfo(dataset or rows[0]["dataset"]) if rows else None
     if rollouts and cfg.rollout.episodes and cfg.rollout.references and rows and rollout_env(info, cfg) is not None:
-        for kind in REFERENCES:  # the same episodes for every seed: rolled out once
+        memo = {} if memo is None else memo
+        for kind in REFERENCES:  # the same episodes for every seed (and budget): rolled out once
             row = _row(kind, {}, None, info, None)
-            row["rollouts"], strips[kind] = _act(kind, {"kind": kind}, info, cfg,
-                                                 f"{output.rstrip('/')}/{EPISODES}/{kind}")
+            if ("reference", kind) not in memo:
+                memo["reference", kind] = _act(kind, {"kind": kind}, info, cfg,
+                                               f"{output.rstrip('/')}/{EPISODES}/{kind}")
+            row["rollouts"], strips[kind] = copy.deepcopy(memo["reference", kind])
             rows.append(row)
     results = _document(cfg, experiment, rows, time.perf_counter() - start)
     results["evaluations"] = evaluations_run(cfg, info, probes, rollouts)
@@ -153,12 +161,13 @@ def _document(cfg: EvalConfig, experiment: str, rows: list[dict], wall_s: float)
 
 def _evaluate_root(cfg: EvalConfig, run_root: str | Mapping[str, str], seed: int, strict: bool,
                    dataset: str | None, probes: bool, rollouts: bool, episodes: str,
-                   num_labeled: int | None = None) -> tuple[list[dict], dict]:
+                   num_labeled: int | None = None, memo: dict | None = None) -> tuple[list[dict], dict]:
     """Probes and rollouts of every method whose runs live in ``run_root``: (rows, strips).
 
     A row's seed is the one its runs' artifact records (``seed`` for runs that record none);
     ``strict``: it must be ``seed``. Finished rollout episodes are recorded under ``episodes``."""
     rows, strips = [], {}
+    memo = {} if memo is None else memo
     for m in cfg.methods:
         runs = {k: run_path(getattr(m, k), run_root) for k in ("lam", "policy", "decoder")}
         artifact = _method_artifact(m, runs)
@@ -174,13 +183,19 @@ def _evaluate_root(cfg: EvalConfig, run_root: str | Mapping[str, str], seed: int
         if probes and cfg.probe.enabled and runs["lam"]:
             from raylam.eval.probes import probe_run
 
-            print(f"== probe {m.name}: {runs['lam']}", flush=True)
-            row["probe"] = probe_run(runs["lam"], cfg.probe, dataset=info.uri)
+            if ("probe", runs["lam"], info.uri) in memo:  # a run every budget of a sweep shares
+                print(f"== probe {m.name}: {runs['lam']} (probed for an earlier budget)", flush=True)
+            else:
+                print(f"== probe {m.name}: {runs['lam']}", flush=True)
+                memo["probe", runs["lam"], info.uri] = probe_run(runs["lam"], cfg.probe, dataset=info.uri)
+            row["probe"] = copy.deepcopy(memo["probe", runs["lam"], info.uri])
             print("   " + "; ".join(f"{k} probe MSE {v['mse']:.4f} R2 {v['r2']:.3f}" for k, v in row["probe"].items()
                                    if isinstance(v, dict) and "mse" in v), flush=True)
         if rollouts and cfg.rollout.episodes and runs["policy"] and rollout_env(info, cfg) is not None:
             agent = {"kind": "policy", "policy": runs["policy"], "decoder": runs["decoder"]}
-            row["rollouts"], strips[m.name] = _act(m.name, agent, info, cfg, f"{episodes}/{m.name}")
+            if ("rollouts", runs["policy"], runs["decoder"]) not in memo:
+                memo["rollouts", runs["policy"], runs["decoder"]] = _act(m.name, agent, info, cfg, f"{episodes}/{m.name}")
+            row["rollouts"], strips[m.name] = copy.deepcopy(memo["rollouts", runs["policy"], runs["decoder"]])
         rows.append(row)
     return rows, strips
 

@@ -105,8 +105,14 @@ def merge_results(paths: list[str]) -> dict:
 
 
 def _order(methods) -> list[str]:
-    """The paper's method order; a label such as ``laom (vanilla data)`` sorts with its method."""
-    return sorted(methods, key=lambda m: (_rank(m.split(" (")[0]), m))
+    """The paper's method order; a label such as ``laom (vanilla data)`` or ``bc · 4 labeled`` sorts
+    with its method, label budgets in increasing order."""
+    def key(label: str) -> tuple:
+        name, _, budget = label.partition(" · ")
+        count = budget.split(" ")[0]
+        return (_rank(name.split(" (")[0]), name, not count.isdigit(), int(count) if count.isdigit() else 0, label)
+
+    return sorted(methods, key=key)
 
 
 def _rank(method: str) -> int:
@@ -534,28 +540,49 @@ def plot_probes(rows: list[dict], path: str) -> bool:
     return _save(probes_figure(rows), path)
 
 
+def probe_bars(rows: list[dict]) -> dict[str, list[dict]]:
+    """The probed rows per bar of the probe figure: one bar per method, or per method and label
+    budget when its rows differ by budget; a LAM run that several budgets share (a label-free one
+    evaluated under each budget of a sweep, beside each budget's decoder) counts once."""
+    several = _several_data(rows)
+    seen, by_method = set(), defaultdict(list)
+    for r in rows:
+        lam = (r.get("runs") or {}).get("lam")  # the run the probes read
+        same_run = (_label(r, several), r.get("seed"), lam)
+        if lam and same_run in seen:
+            continue
+        seen.add(same_run)
+        by_method[_label(r, several)].append(r)
+    bars: dict[str, list[dict]] = {}
+    for method, method_rows in by_method.items():
+        budgets = sorted({r["num_labeled"] for r in method_rows}, key=lambda b: (b is None, b or 0))
+        for budget in budgets:
+            name = method if len(budgets) == 1 else f"{method} · {'all' if budget is None else budget} labeled"
+            bars[name] = [r for r in method_rows if r["num_labeled"] == budget]
+    return bars
+
+
 def probes_figure(rows: list[dict]):
-    """Held-out probe MSE per method (action probe from z, state probe from features)."""
+    """Held-out probe MSE per method (action probe from z, state probe from features), per label
+    budget where a method's runs depend on it."""
     probed = [r for r in rows if r.get("probe")]
     if not probed:
         return None
-    several = _several_data(probed)
-    by_method: dict = defaultdict(lambda: {"action": [], "state": []})
-    for r in probed:
-        for kind in ("action", "state"):
-            probe = r["probe"].get(kind) or {}  # a skipped probe: {"skipped": reason}
-            by_method[_label(r, several)][kind].append(probe.get("mse", math.nan))
-    methods = _order(by_method)
+    bars = probe_bars(probed)
+    values = {name: {kind: [(r["probe"].get(kind) or {}).get("mse", math.nan) for r in group]  # skipped: {"skipped": ...}
+                     for kind in ("action", "state")} for name, group in bars.items()}
+    methods = _order(bars)
     colors = _colors(methods)
-    seeds = seeds_of(probed)
-    spread = f"mean ± std over {len(seeds)} seeds" if len(seeds) > 1 else "one seed"
+    counts = sorted({len(seeds_of(group)) or 1 for group in bars.values()})
+    spread = (f"mean ± std over {counts[0]} seeds" if counts == [counts[0]] and counts[0] > 1
+              else "one seed" if counts == [1] else f"mean ± std over {counts[0]}-{counts[-1]} seeds")
     fig, axes = _panels(2, height=3.0)
     for ax, kind in zip(axes, ("action", "state"), strict=True):
-        stats = [_mean_std(by_method[m][kind]) if by_method[m][kind] else (float("nan"), 0.0) for m in methods]
+        stats = [_mean_std(values[m][kind]) if values[m][kind] else (float("nan"), 0.0) for m in methods]
         ax.bar(range(len(methods)), [s[0] for s in stats], yerr=[s[1] for s in stats], capsize=3,
                color=[colors[m] for m in methods])
         _method_ticks(ax, methods)
-        skipped = all(math.isnan(v) for m in methods for v in by_method[m][kind])  # e.g. no states
+        skipped = all(math.isnan(v) for m in methods for v in values[m][kind])  # e.g. no states
         ax.set_ylabel("held-out MSE (lower is better)")
         ax.set_title(_wrap(f"{kind} probe: " + ("skipped" if skipped else f"held-out MSE ({spread})")), fontsize=9)
         ax.grid(axis="y", alpha=0.3)
