@@ -1,7 +1,8 @@
 """``raylam tune``: Ray Tune sweeps (ASHA) over one training stage of an experiment.
 
-``run_tune(experiment, TuneConfig(...))`` runs the sweep; ``add_tune_parser`` / ``cmd_tune`` are
-the command line: ``raylam tune --config configs/tune_quickstart.yaml [KEY=VALUE ...] [--resume]``.
+``run_tune(experiment, TuneConfig(...))`` runs the sweep; ``cmd_tune`` is the command line's
+``raylam tune --config configs/tune_quickstart.yaml [KEY=VALUE ...] [--resume]`` (its parser is in
+:mod:`raylam.cli`).
 """
 
 from __future__ import annotations
@@ -13,8 +14,7 @@ from raylam.config import to_dict
 from raylam.tune.config import AshaConfig, TrialResources, TuneConfig, TuneWandbConfig
 from raylam.tune.sweep import TuneSummary, plan_sweep, run_tune
 
-__all__ = ["AshaConfig", "TrialResources", "TuneConfig", "TuneSummary", "TuneWandbConfig", "add_tune_parser",
-           "cmd_tune", "load_sweep", "run_tune"]
+__all__ = ["AshaConfig", "TrialResources", "TuneConfig", "TuneSummary", "TuneWandbConfig", "cmd_tune", "load_sweep", "run_tune"]
 
 
 def load_sweep(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()):
@@ -23,18 +23,6 @@ def load_sweep(path: str | Path | None, overrides: list[str] | tuple[str, ...] =
 
     experiment = load_experiment(path, overrides)
     return experiment, experiment.tune
-
-
-def add_tune_parser(sub) -> None:
-    p = sub.add_parser("tune", help="sweep a training stage with Ray Tune + ASHA (tune: section of the config)")
-    p.add_argument("--config", "-c", required=True,
-                   help="experiment YAML file with a tune: section (configs/tune_*.yaml)")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                   help="dotted overrides, e.g. tune.num_samples=8 train.steps=200")
-    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    p.add_argument("--resume", action="store_true", help="continue the sweep in its directory (unfinished and "
-                                                         "errored trials; their Train runs resume)")
-    p.set_defaults(func=cmd_tune)
 
 
 def cmd_tune(args) -> int:
