@@ -147,12 +147,13 @@ def test_killed_collection_resumes_without_duplicates(tmp_path):
     config.write_text("collect: {}  # the defaults, changed by the overrides below\n")
     cmd = [sys.executable, "-m", "raylam.cli", "collect", "--config", str(config), *overrides]
     env = {**os.environ, "RAY_ADDRESS": "local"}
-    proc = subprocess.Popen(cmd, start_new_session=True, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = tmp_path / "first_run.log"
+    with open(log, "w") as sink:
+        proc = subprocess.Popen(cmd, start_new_session=True, env=env, stdout=sink, stderr=subprocess.STDOUT)
     try:
         deadline = time.time() + 600  # a loaded CI machine starts Ray in minutes
         while time.time() < deadline and not list(out.glob("shard-*.tar")):
-            assert proc.poll() is None, "collection ended before it could be killed"
+            assert proc.poll() is None, f"collection ended before it could be killed:\n{log.read_text()[-3000:]}"
             time.sleep(0.2)
         survivors = sorted(p.name for p in out.glob("shard-*.tar"))
         assert survivors, "no shard appeared in time"
