@@ -239,8 +239,8 @@ def release_orphaned_worker_groups(keep: set[str] | frozenset[str] = frozenset()
     groups = [pg for pg, info in ray.util.placement_group_table().items()
               if info["state"] == "CREATED" and pg.endswith(job) and pg not in keep]
     total, available = ray.cluster_resources(), ray.available_resources()
-    orphans = [pg for pg in groups
-               if f"bundle_group_{pg}" in total and available.get(f"bundle_group_{pg}", 0.0) >= total[f"bundle_group_{pg}"]]
+    share = {pg: f"bundle_group_{pg}" for pg in groups}  # the resource every task or actor in the group holds some of
+    orphans = [pg for pg, key in share.items() if key in total and available.get(key, 0.0) >= total[key]]
     for group in orphans:
         remove_placement_group(PlacementGroup(ray.PlacementGroupID(bytes.fromhex(group))))
     if orphans:

@@ -102,6 +102,7 @@ def evaluate_methods(cfg: EvalConfig, run_root: str | Mapping[int, str | Mapping
     """
     from raylam.eval.report import write_report
 
+    memo = {} if memo is None else memo
     start = time.perf_counter()
     roots = {None: run_root} if isinstance(run_root, str) else dict(run_root)
     if not roots:
@@ -113,8 +114,7 @@ def evaluate_methods(cfg: EvalConfig, run_root: str | Mapping[int, str | Mapping
         # one root: the row's seed is whatever its runs were trained with; several: each root must hold its seed
         episodes = f"{output.rstrip('/')}/{EPISODES}" + (f"/seed{seed}" if len(roots) > 1 else "")
         seed_rows, seed_strips = _evaluate_root(cfg, root, cfg.seed if seed is None else seed, len(roots) > 1,
-                                                dataset, probes, rollouts, episodes, num_labeled,
-                                                {} if memo is None else memo)
+                                                dataset, probes, rollouts, episodes, num_labeled, memo)
         if len(roots) > 1:
             seed_out = resolve(f"{output.rstrip('/')}/seed{seed}")
             seed_out.makedirs()
@@ -124,13 +124,10 @@ def evaluate_methods(cfg: EvalConfig, run_root: str | Mapping[int, str | Mapping
             strips.setdefault(method, frames)
     info = DatasetInfo(dataset or rows[0]["dataset"]) if rows else None
     if rollouts and cfg.rollout.episodes and cfg.rollout.references and rows and rollout_env(info, cfg) is not None:
-        memo = {} if memo is None else memo
         for kind in REFERENCES:  # the same episodes for every seed (and budget): rolled out once
             row = _row(kind, {}, None, info, None)
-            if ("reference", kind) not in memo:
-                memo["reference", kind] = _act(kind, {"kind": kind}, info, cfg,
-                                               f"{output.rstrip('/')}/{EPISODES}/{kind}")
-            row["rollouts"], strips[kind] = copy.deepcopy(memo["reference", kind])
+            row["rollouts"], strips[kind] = _once(memo, ("reference", kind), _act, kind, {"kind": kind}, info, cfg,
+                                                  f"{output.rstrip('/')}/{EPISODES}/{kind}")
             rows.append(row)
     results = _document(cfg, experiment, rows, time.perf_counter() - start)
     results["evaluations"] = evaluations_run(cfg, info, probes, rollouts)
@@ -161,13 +158,12 @@ def _document(cfg: EvalConfig, experiment: str, rows: list[dict], wall_s: float)
 
 def _evaluate_root(cfg: EvalConfig, run_root: str | Mapping[str, str], seed: int, strict: bool,
                    dataset: str | None, probes: bool, rollouts: bool, episodes: str,
-                   num_labeled: int | None = None, memo: dict | None = None) -> tuple[list[dict], dict]:
+                   num_labeled: int | None, memo: dict) -> tuple[list[dict], dict]:
     """Probes and rollouts of every method whose runs live in ``run_root``: (rows, strips).
 
     A row's seed is the one its runs' artifact records (``seed`` for runs that record none);
     ``strict``: it must be ``seed``. Finished rollout episodes are recorded under ``episodes``."""
     rows, strips = [], {}
-    memo = {} if memo is None else memo
     for m in cfg.methods:
         runs = {k: run_path(getattr(m, k), run_root) for k in ("lam", "policy", "decoder")}
         artifact = _method_artifact(m, runs)
@@ -183,21 +179,26 @@ def _evaluate_root(cfg: EvalConfig, run_root: str | Mapping[str, str], seed: int
         if probes and cfg.probe.enabled and runs["lam"]:
             from raylam.eval.probes import probe_run
 
-            if ("probe", runs["lam"], info.uri) in memo:  # a run every budget of a sweep shares
-                print(f"== probe {m.name}: {runs['lam']} (probed for an earlier budget)", flush=True)
-            else:
-                print(f"== probe {m.name}: {runs['lam']}", flush=True)
-                memo["probe", runs["lam"], info.uri] = probe_run(runs["lam"], cfg.probe, dataset=info.uri)
-            row["probe"] = copy.deepcopy(memo["probe", runs["lam"], info.uri])
+            key = ("probe", runs["lam"], info.uri)
+            print(f"== probe {m.name}: {runs['lam']}" + (" (probed for an earlier budget)" if key in memo else ""),
+                  flush=True)  # a run every budget of a sweep shares is probed once
+            row["probe"] = _once(memo, key, probe_run, runs["lam"], cfg.probe, dataset=info.uri)
             print("   " + "; ".join(f"{k} probe MSE {v['mse']:.4f} R2 {v['r2']:.3f}" for k, v in row["probe"].items()
                                    if isinstance(v, dict) and "mse" in v), flush=True)
         if rollouts and cfg.rollout.episodes and runs["policy"] and rollout_env(info, cfg) is not None:
             agent = {"kind": "policy", "policy": runs["policy"], "decoder": runs["decoder"]}
-            if ("rollouts", runs["policy"], runs["decoder"]) not in memo:
-                memo["rollouts", runs["policy"], runs["decoder"]] = _act(m.name, agent, info, cfg, f"{episodes}/{m.name}")
-            row["rollouts"], strips[m.name] = copy.deepcopy(memo["rollouts", runs["policy"], runs["decoder"]])
+            row["rollouts"], strips[m.name] = _once(memo, ("rollouts", runs["policy"], runs["decoder"]),
+                                                    _act, m.name, agent, info, cfg, f"{episodes}/{m.name}")
         rows.append(row)
     return rows, strips
+
+
+def _once(memo: dict, key: tuple, compute, *args, **kwargs):
+    """``compute(*args, **kwargs)``, called the first time ``key`` is asked for in ``memo`` (one
+    evaluation of a sweep's budgets); each caller gets its own copy, so rows never share mutable parts."""
+    if key not in memo:
+        memo[key] = compute(*args, **kwargs)
+    return copy.deepcopy(memo[key])
 
 
 def rollout_env(info: DatasetInfo, cfg: EvalConfig) -> EnvConfig | None:
