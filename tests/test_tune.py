@@ -102,6 +102,22 @@ def test_shipped_sweep_configs_load():
     assert plan.base["use_gpu"] and plan.gpu_per_trial == 1.0 and cfg.scheduler.enabled
 
 
+def test_tune_on_a_label_budget_sweep_says_which_budget_it_trains_at():
+    from raylam.tune.sweep import budget_note
+
+    exp, cfg = load_sweep(ROOT / "configs" / "budgets_quickstart.yaml",
+                          ["tune.base_stage=laom_sup", "tune.space={model.sup_coef: {grid: [0.1, 1.0]}}",
+                           "tune.fixed={eval_every: 100}"])
+    plan = plan_sweep(exp, cfg)
+    assert plan.base["num_labeled"] == exp.label_budgets[0]  # the first budget, as each trial trains
+    note = budget_note(exp, cfg, plan)
+    assert note is not None and f"num_labeled {exp.label_budgets[0]}" in note and "raylam pipeline" in note
+    searched = from_dict(TuneConfig, {**to_dict(cfg), "space": {"num_labeled": {"grid": [1, 2]}}}, prefix="tune")
+    assert budget_note(exp, searched, plan_sweep(exp, searched)) is None  # the budget is Tune's to vary
+    plain_exp, plain_cfg = load_sweep(ROOT / "configs" / "tune_quickstart.yaml")
+    assert budget_note(plain_exp, plain_cfg, plan_sweep(plain_exp, plain_cfg)) is None
+
+
 def test_concurrency_comes_from_the_sweep_and_the_clusters_maximum(synthetic, tmp_path):
     from raylam.tune.sweep import max_concurrent, trial_count
 

@@ -187,6 +187,16 @@ def plan_sweep(experiment, cfg: TuneConfig) -> SweepPlan:
                      grace_period=grace, cpu_per_trial=cpu, gpu_per_trial=gpu)
 
 
+def budget_note(experiment, cfg: TuneConfig, plan: SweepPlan) -> str | None:
+    """The line that says which label budget the trials train at, when the experiment file is a
+    label-budget sweep: Tune trains one stage, so it takes the first budget unless num_labeled is searched."""
+    budgets = getattr(experiment, "label_budgets", None)
+    if not budgets or "num_labeled" in cfg.space or "num_labeled" in cfg.fixed:
+        return None
+    return (f"label_budgets {budgets} are swept by `raylam pipeline`, not by Tune: these trials train at "
+            f"num_labeled {plan.base.get('num_labeled')} (search num_labeled in tune.space to vary it)")
+
+
 def _check_dataset(base: dict, cfg: TuneConfig) -> None:
     """Label budgets the dataset cannot give fail now, not in trial 7 of 16."""
     from raylam.data.pipeline import DatasetInfo
@@ -378,6 +388,9 @@ def run_tune(experiment, cfg: TuneConfig | None = None, resume: bool = False,
         print(f"sweep {plan.sweep_dir}: base stage {plan.base_stage}, {cfg.num_samples} samples of "
               f"{sorted(cfg.space)}, {concurrent} trial(s) at a time "
               f"({plan.cpu_per_trial:g} CPU / {plan.gpu_per_trial:g} GPU each)", flush=True)
+        note = budget_note(experiment, cfg, plan)
+        if note:
+            print(note, flush=True)
         tuner = tune.Tuner(
             trainable,
             param_space={key: _domain(dist) for key, dist in cfg.space.items()},
