@@ -62,6 +62,25 @@ def test_streamed_ridge_equals_one_shot_fit():
     assert len(mse) == 2 and all(0.9 < r < 1 for r in r2)
 
 
+def test_pooled_r2_is_not_swung_by_a_dim_that_barely_varies():
+    """A saturated action dim (the expert at its bound) has almost no variance in the scored windows:
+    a small error there sends its R² far below zero and drags the mean of the per-dim R², while the
+    pooled R² (1 - sum SSE / sum SST) weighs each dim by its variance."""
+    gen = torch.Generator().manual_seed(0)
+    target = torch.cat([torch.randn(400, 2, generator=gen), 1 + 0.01 * torch.randn(400, 1, generator=gen)], 1)
+    pred = target.clone()
+    pred[:, :2] += 0.5 * torch.randn(400, 2, generator=gen)  # R² ~ 0.75 on the varying dims
+    pred[:, 2] += 0.05  # an error of 0.05 on the dim whose std is 0.01
+    m = Moments()
+    m.add(pred, target)
+    _, r2 = m.per_dim()
+    assert 0.6 < r2[0] < 0.9 and 0.6 < r2[1] < 0.9 and r2[2] < -10
+    assert m.result()[1] < 0  # the mean: below a model that predicts nothing
+    sse = (pred - target).pow(2).sum()
+    sst = (target - target.mean(0)).pow(2).sum()
+    assert abs(m.pooled_r2() - float(1 - sse / sst)) < 1e-6 and 0.6 < m.pooled_r2() < 0.9
+
+
 def _results(method_rows: list[tuple], task="cheetah-run") -> dict:
     """Rows of (method, budget, normalized return, probe MSE[, training seed]) in results.json's format."""
     rows = []

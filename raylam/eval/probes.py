@@ -49,7 +49,7 @@ def _features(maps: torch.Tensor, how: str) -> torch.Tensor:
 def _score(moments: Moments) -> dict:
     mse_dims, r2_dims = moments.per_dim()
     mse, r2 = moments.result()
-    return {"mse": mse, "r2": r2, "mse_per_dim": mse_dims, "r2_per_dim": r2_dims}
+    return {"mse": mse, "r2": r2, "r2_pooled": moments.pooled_r2(), "mse_per_dim": mse_dims, "r2_per_dim": r2_dims}
 
 
 def _check_splits(info: DatasetInfo, cfg: ProbeConfig) -> None:

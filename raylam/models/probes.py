@@ -89,6 +89,14 @@ class Moments:
         r2 = torch.where(varying, 1 - self.sse / sst.clamp_min(1e-300), torch.full_like(sst, float("nan")))
         return (self.sse / self.n).tolist(), r2.tolist()
 
+    def pooled_r2(self) -> float:
+        """1 - sum(SSE) / sum(SST) over every output dimension (sklearn's variance_weighted): a dim that
+        barely varies in the scored windows (a saturated action) cannot swing it, as it can the mean."""
+        if self.sse is None or self.sum is None or self.sumsq is None:
+            raise ValueError("no rows were added: nothing to score")
+        sst = float((self.sumsq - self.sum.pow(2) / self.n).sum())
+        return 1 - float(self.sse.sum()) / sst if sst > 1e-12 * self.n else float("nan")
+
     def result(self) -> tuple[float, float]:
         """(MSE over all entries, R^2 averaged over output dims that vary, as sklearn's default)."""
         mse, r2 = self.per_dim()
