@@ -114,7 +114,7 @@ def test_report_renders_and_merges(tmp_path):
     md = write_report(load_results(str(a)), str(a), strips)
     text = open(md).read()
     # (no in-training probe metrics in this row: "—")
-    assert ("| laom_sup | cheetah-run | 2 | 0 | 0.1000 | 0.500 | 0.200 | — | 0.600 ± 0.050 | 0.600 ± 0.050 "
+    assert ("| laom_sup | cheetah-run | 2 | 0 | 0.1000 | 0.500 | 0.500 | 0.200 | — | 0.600 ± 0.050 | 0.600 ± 0.050 "
             "| 0.600 ± 0.050 |") in text
     # the two background splits side by side, named for a reader
     assert ("| normalized return (vanilla) | normalized return (hard · paper protocol: train backgrounds) "
@@ -154,11 +154,11 @@ def test_report_shows_mean_and_std_over_seeds(tmp_path):
     assert header[:4] == ["method", "task", "labeled", "seeds"]
     laom, idm, expert = lines
     # mean ± std over the three seeds (np.std: population), the seeds listed
-    assert laom[:7] == ["laom_sup", "cheetah-run", "4", "0, 1, 2", "0.2000 ± 0.0816", "0.500 ± 0.000",
-                        "0.200 ± 0.000"]
-    assert laom[7] == "—"  # these rows carry no in-training probe metrics
-    assert laom[8] == "0.600 ± 0.082"
-    assert idm[3] == "1" and idm[8] == "0.300 ± 0.050"  # one seed: ± over its episodes
+    assert laom[:8] == ["laom_sup", "cheetah-run", "4", "0, 1, 2", "0.2000 ± 0.0816", "0.500 ± 0.000",
+                        "0.500 ± 0.000", "0.200 ± 0.000"]  # one dim: pooled R² = its R²
+    assert laom[8] == "—"  # these rows carry no in-training probe metrics
+    assert laom[9] == "0.600 ± 0.082"
+    assert idm[3] == "1" and idm[9] == "0.300 ± 0.050"  # one seed: ± over its episodes
     assert expert[2:4] == ["—", "—"]
     curve = aggregate_returns(doc["rows"])[("cheetah-run", "hard/train")]["laom_sup"]
     assert curve[0][0] == 4 and curve[0][1] == pytest.approx(0.6) and curve[0][3] == 3

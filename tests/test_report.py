@@ -58,7 +58,7 @@ def write_evaluation(folder, info: DatasetInfo, seed: int, budget: int, referenc
         row = _row(method, {"lam": f"runs/{method}-n{budget}"}, {"num_labeled": budget}, info, seed)
         if method not in ("bc",):
             r2 = probe_r2(method, budget, seed)
-            row["probe"] = {"action": {"mse": 1 - r2, "r2": r2}, "state": {"mse": 0.5, "r2": 0.4}}
+            row["probe"] = {"action": {"mse": 1 - r2, "r2": r2, "r2_pooled": r2 + 0.1}, "state": {"mse": 0.5, "r2": 0.4}}
         row["rollouts"] = rollouts(lambda s, m=method: normalized(m, budget, seed, s), settings)
         rows.append(row)
     for kind, level in (("expert", 0.6), ("random", 0.02)):
@@ -103,14 +103,16 @@ def test_results_of_every_seed_and_budget_merge_into_the_curve(tmp_path, dataset
         if method != "bc":
             r2 = [probe_r2(method, budget, s) for s in SEEDS]
             assert line[column["action probe R²"]] == f"{np.mean(r2):.3f} ± {np.std(r2):.3f}"
+            pooled = [r + 0.1 for r in r2]
+            assert line[column["action probe R² (pooled)"]] == f"{np.mean(pooled):.3f} ± {np.std(pooled):.3f}"
 
     curve = report.aggregate_returns(rows)[("synthetic", f"{HARD}/eval")]["laom"]
     assert [b for b, *_ in curve] == list(BUDGETS) and all(n == 3 for *_, n in curve)
     values = [normalized("laom", 8, s, f"{HARD}/eval") for s in SEEDS]
     assert curve[3][1:3] == pytest.approx((np.mean(values), np.std(values)))
     probes = report.aggregate_probe_r2(rows)["synthetic"]
-    assert "bc" not in probes and probes["lapo"][0][1:3] == pytest.approx(
-        (np.mean([probe_r2("lapo", 1, s) for s in SEEDS]), np.std([probe_r2("lapo", 1, s) for s in SEEDS])))
+    assert "bc" not in probes and probes["lapo"][0][1:3] == pytest.approx(  # the figure plots the pooled R²
+        (np.mean([probe_r2("lapo", 1, s) + 0.1 for s in SEEDS]), np.std([probe_r2("lapo", 1, s) for s in SEEDS])))
     expert = report.reference_levels(rows)[("synthetic", f"{HARD}/train")]["expert"]
     levels = [0.6 + shift for shift in shifts.values()]
     assert expert == pytest.approx((np.mean(levels), np.std(levels)))
@@ -123,6 +125,17 @@ def test_results_of_every_seed_and_budget_merge_into_the_curve(tmp_path, dataset
     fig = report.returns_figure(rows)
     assert [ax.get_xscale() for ax in fig.axes] == ["log"] * 4  # 3 conditions + the probe panel
     assert_readable(fig)
+
+
+def test_pooled_r2_is_recovered_from_per_dim_results():
+    """Results written before r2_pooled existed still give it: SST per dim from its MSE and R²."""
+    mse, sst = [0.25, 0.5, 0.003], [1.0, 1.0, 0.001]  # the third dim barely varies: its R² is -2
+    part = {"mse": sum(mse) / 3, "r2": sum(1 - m / t for m, t in zip(mse, sst, strict=True)) / 3,
+            "mse_per_dim": mse, "r2_per_dim": [1 - m / t for m, t in zip(mse, sst, strict=True)]}
+    assert part["r2"] < 0
+    assert report.pooled_r2(part) == pytest.approx(1 - sum(mse) / sum(sst))
+    assert report.pooled_r2({**part, "r2_pooled": 0.5}) == 0.5  # stored: taken as is
+    assert report.pooled_r2({"mse": 0.1, "r2": 0.2}) is None  # nothing to recover it from
 
 
 def test_merging_nothing_says_where_it_looked(tmp_path):

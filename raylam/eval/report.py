@@ -226,7 +226,22 @@ def _stat(values: list, digits: int) -> str:
 
 
 def _probe_value(row: dict, kind: str, metric: str):
-    return ((row.get("probe") or {}).get(kind) or {}).get(metric)
+    part = (row.get("probe") or {}).get(kind) or {}
+    return pooled_r2(part) if metric == "r2_pooled" else part.get(metric)
+
+
+def pooled_r2(part: dict) -> float | None:
+    """A probe's pooled R² (1 - sum SSE / sum SST over dims): stored as ``r2_pooled``, or recovered
+    from the per-dim MSE and R² of results written before it was (SST_d = MSE_d / (1 - R²_d); a
+    constant dim, R² NaN, adds its error and no variance). The figure plots it: the mean of the per-dim
+    R² can be swung far below zero by one dim that barely varies in the held-out windows."""
+    if part.get("r2_pooled") is not None:
+        return part["r2_pooled"]
+    mse, r2 = part.get("mse_per_dim"), part.get("r2_per_dim")
+    if not mse or not r2 or len(mse) != len(r2) or any(r == 1 for r in r2):
+        return None
+    sst = sum(m / (1 - r) for m, r in zip(mse, r2, strict=True) if r == r)
+    return 1 - sum(mse) / sst if sst > 0 else None
 
 
 def _return_cell(group: list[dict], setting: str) -> str:
@@ -246,8 +261,8 @@ def table_rows(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
     settings = _settings(rows)
     several = _several_data(rows)
     header = ["method", "task"] + (["data"] if several else []) + ["labeled", "seeds", "action probe MSE",
-                                                                  "action probe R²", "state probe R²",
-                                                                  "in-training action probe R²"]
+                                                                  "action probe R²", "action probe R² (pooled)",
+                                                                  "state probe R²", "in-training action probe R²"]
     header += [f"normalized return ({condition_label(s, rows)})" for s in settings]
     lines = []
     for group in group_rows(rows):
@@ -259,6 +274,7 @@ def table_rows(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
                   "—" if all(s is None for s in seeds) else ", ".join("—" if s is None else str(s) for s in seeds),
                   _stat([_probe_value(r, "action", "mse") for r in group], 4),
                   _stat([_probe_value(r, "action", "r2") for r in group], 3),
+                  _stat([_probe_value(r, "action", "r2_pooled") for r in group], 3),
                   _stat([_probe_value(r, "state", "r2") for r in group], 3),
                   _stat([(r.get("training_probe") or {}).get("heldout/probe/action/r2") for r in group], 3)]
         cells += [_return_cell(group, s) for s in settings]
@@ -269,7 +285,8 @@ def table_rows(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
 def seed_table_rows(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
     """Header and cells of the per-seed table: one line per row of the results (references excluded)."""
     settings = _settings(rows)
-    header = ["method", "task", "labeled", "seed", "action probe MSE", "action probe R²", "state probe R²"]
+    header = ["method", "task", "labeled", "seed", "action probe MSE", "action probe R²", "action probe R² (pooled)",
+              "state probe R²"]
     header += [f"normalized return ({condition_label(s, rows)})" for s in settings]
     several = _several_data(rows)
     lines = []
@@ -277,7 +294,7 @@ def seed_table_rows(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
         for row in group:
             cells = [_label(row, several), row["task"], str(row["num_labeled"]), _fmt(row.get("seed"), 0),
                      _fmt(_probe_value(row, "action", "mse"), 4), _fmt(_probe_value(row, "action", "r2"), 3),
-                     _fmt(_probe_value(row, "state", "r2"), 3)]
+                     _fmt(_probe_value(row, "action", "r2_pooled"), 3), _fmt(_probe_value(row, "state", "r2"), 3)]
             cells += [_return_cell([row], s) for s in settings]
             lines.append(cells)
     return header, lines
@@ -384,13 +401,14 @@ def reference_levels(rows: list[dict]) -> dict:
     return out
 
 
-def aggregate_probe_r2(rows: list[dict], kind: str = "action") -> dict:
-    """{task: {method: [(num_labeled, mean, std, n)]}}: held-out ``kind`` probe R² per label budget,
-    mean ± std over training seeds (std 0 with one seed)."""
+def aggregate_probe_r2(rows: list[dict], kind: str = "action", metric: str = "r2_pooled") -> dict:
+    """{task: {method: [(num_labeled, mean, std, n)]}}: held-out ``kind`` probe R² per label budget
+    (pooled over dims by default, see :func:`pooled_r2`), mean ± std over training seeds (std 0 with
+    one seed)."""
     several = _several_data(rows)
     grouped: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
     for row in rows:
-        r2 = _probe_value(row, kind, "r2")
+        r2 = _probe_value(row, kind, metric)
         if r2 is not None and not (isinstance(r2, float) and math.isnan(r2)):
             grouped[row["task"]][_label(row, several)][row["num_labeled"]].append(r2)
     return {task: {method: [(b, *_mean_std(v), len(v)) for b, v in sorted(budgets.items())]
@@ -461,7 +479,7 @@ def returns_figure(rows: list[dict]):
         else:
             _draw_budget_panel(ax, probes[task], colors, budgets)
             ax.set_ylabel("held-out action probe R²")
-            ax.set_title(_wrap(f"{task} · action probe on held-out episodes (R²)"), fontsize=9)
+            ax.set_title(_wrap(f"{task} · held-out action probe (pooled R²)"), fontsize=9)
     _legend_below(fig, axes)
     seeds = seeds_of(rows)
     spread = (f"mean ± std over {len(seeds)} training seeds" if len(seeds) > 1
@@ -683,7 +701,9 @@ def _caption(results: dict) -> str:
     seeds = seeds_of(rows)
     several = any(len(g) > 1 for g in group_rows(rows))
     parts = [f"Training seeds: {len(seeds)} ({', '.join(map(str, seeds))})." if seeds else "Training seeds: —.",
-             "Probes: ridge regression fitted on training episodes, scored on held-out episodes (R² = 1 − SSE/SST). "
+             "Probes: ridge regression fitted on training episodes, scored on held-out "
+             "episodes (R² = 1 − SSE/SST per dim, averaged over dims; pooled R² = 1 − ΣSSE/ΣSST over dims, "
+             "which the figure plots: a dim that barely varies cannot swing it). "
              "In-training probe: the paper's diagnostic, a linear probe on z(o_t, o_t+k) trained beside the LAM "
              "(its own constant learning rate), scored on held-out windows at the end of training."]
     rollout = (results.get("config") or {}).get("rollout") or {}
