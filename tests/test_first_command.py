@@ -311,13 +311,13 @@ def test_relabel_actors_restart_on_a_cluster_only(monkeypatch):
 
     monkeypatch.setattr("raylam.cluster.started_here", lambda: False)
     monkeypatch.delenv(LOCAL_RAY_ENV, raising=False)
-    assert relabel.labeler_options(map_batches) == {}
+    assert relabel.actor_pool_options(map_batches) == {}
     monkeypatch.setenv(LOCAL_RAY_ENV, "1")  # a worker of the CLI's local Ray (a stage run as a task)
-    assert relabel.labeler_options(map_batches) == {"max_restarts": 0}
-    assert relabel.labeler_options(named_only) == {}  # a Ray that no longer takes it: left out
+    assert relabel.actor_pool_options(map_batches) == {"max_restarts": 0}
+    assert relabel.actor_pool_options(named_only) == {}  # a Ray that no longer takes it: left out
     monkeypatch.delenv(LOCAL_RAY_ENV)
     monkeypatch.setattr("raylam.cluster.started_here", lambda: True)  # the process that started Ray
-    assert relabel.labeler_options(map_batches) == {"max_restarts": 0}
+    assert relabel.actor_pool_options(map_batches) == {"max_restarts": 0}
 
 
 def test_tune_says_it_starts_ray(monkeypatch, tmp_path):

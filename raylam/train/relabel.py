@@ -39,8 +39,8 @@ def writable(array: np.ndarray) -> np.ndarray:
     return array if array.flags.writeable else array.copy()
 
 
-def labeler_options(map_batches) -> dict:
-    """Extra ``map_batches`` arguments of the labeling actors: none (Ray Data's default, restarted
+def actor_pool_options(map_batches) -> dict:
+    """Extra ``map_batches`` arguments of an actor pool (the labeling and probe actors): none (Ray Data's default, restarted
     forever) on a cluster, whose nodes may be lost; ``max_restarts=0`` on a Ray this machine runs
     alone (no node to lose; an actor that crashes fails the stage, and a rerun relabels). Ray logs an
     error-level line for every actor it creates with restarts and arguments in the object store, as
@@ -104,7 +104,7 @@ def relabel(cfg: RelabelConfig, experiment: str = "raylam") -> StageResult:
     for split in splits:
         ds = window_dataset(info, spec, split=split, clips_per_task=cfg.data.clips_per_task, shuffle_seed=None,
                             num_cpus=cfg.data.read_cpus)
-        with warnings.catch_warnings():  # Ray's deprecation of ray_remote_args (labeler_options)
+        with warnings.catch_warnings():  # Ray's deprecation of ray_remote_args (actor_pool_options)
             warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
             labels = ds.map_batches(
                 Labeler,
@@ -112,7 +112,7 @@ def relabel(cfg: RelabelConfig, experiment: str = "raylam") -> StageResult:
                 batch_size=cfg.batch_size, batch_format="numpy", num_gpus=gpus,
                 num_cpus=0 if gpus else cfg.cpus_per_actor,
                 compute=ray.data.ActorPoolStrategy(min_size=1, max_size=cfg.max_actors),
-                **labeler_options(ds.map_batches),
+                **actor_pool_options(ds.map_batches),
             )
         # the writes are light: they take a decode task's CPU share, not Ray Data's default whole CPU,
         # so that on a small node reads, the labeling actor and the writes fit at once
