@@ -9,7 +9,7 @@ run. :func:`quiet_ray` drops exactly those lines (each by its logger and its wor
 new still shows); ``raylam --verbose`` (``RAYLAM_VERBOSE=1``) keeps everything. Two more are fixed
 where they start, in the Ray the command line starts (:func:`local_runtime_env`): a C++
 error-level line for each relabeling actor ("constructor arguments in the object store and
-max_restarts > 0", see :func:`raylam.train.relabel.actor_pool_options`), and a 30-line traceback of
+max_restarts > 0", see :func:`raylam.data.pipeline.actor_pool_options`), and a 30-line traceback of
 Ray Train's PlacementGroupCleaner when another Ray runs on the machine.
 """
 

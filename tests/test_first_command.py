@@ -301,7 +301,7 @@ def test_a_local_rays_workers_know_its_address_and_that_it_is_local(monkeypatch)
 def test_relabel_actors_restart_on_a_cluster_only(monkeypatch):
     """Restarts (and Ray's error-level line about them) where a node may be lost, none on a local Ray."""
     from raylam.console import LOCAL_RAY_ENV
-    from raylam.train import relabel
+    from raylam.data import pipeline  # the options of every actor pool (relabel, probes)
 
     def map_batches(fn, **ray_remote_args):
         pass
@@ -311,13 +311,13 @@ def test_relabel_actors_restart_on_a_cluster_only(monkeypatch):
 
     monkeypatch.setattr("raylam.cluster.started_here", lambda: False)
     monkeypatch.delenv(LOCAL_RAY_ENV, raising=False)
-    assert relabel.actor_pool_options(map_batches) == {}
+    assert pipeline.actor_pool_options(map_batches) == {}
     monkeypatch.setenv(LOCAL_RAY_ENV, "1")  # a worker of the CLI's local Ray (a stage run as a task)
-    assert relabel.actor_pool_options(map_batches) == {"max_restarts": 0}
-    assert relabel.actor_pool_options(named_only) == {}  # a Ray that no longer takes it: left out
+    assert pipeline.actor_pool_options(map_batches) == {"max_restarts": 0}
+    assert pipeline.actor_pool_options(named_only) == {}  # a Ray that no longer takes it: left out
     monkeypatch.delenv(LOCAL_RAY_ENV)
     monkeypatch.setattr("raylam.cluster.started_here", lambda: True)  # the process that started Ray
-    assert relabel.actor_pool_options(map_batches) == {"max_restarts": 0}
+    assert pipeline.actor_pool_options(map_batches) == {"max_restarts": 0}
 
 
 def test_tune_says_it_starts_ray(monkeypatch, tmp_path):

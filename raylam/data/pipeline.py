@@ -140,6 +140,33 @@ class EpisodeLabels:
         return self._table[steps]
 
 
+def actor_pool_options(map_batches) -> dict:
+    """Extra ``map_batches`` arguments of an actor pool (the labeling and probe actors): none (Ray
+    Data's default, restarted forever) on a cluster, whose nodes may be lost; ``max_restarts=0`` on a
+    Ray this machine runs alone (no node to lose; an actor that crashes fails the stage, and a rerun
+    redoes it). Ray logs an error-level line for every actor it creates with restarts and arguments
+    in the object store, as Ray Data's are (held by Ray Data for the whole run, so the restart it
+    warns about would work): locally it only alarmed. Ray 2.60 takes ``max_restarts`` only among the
+    ``ray_remote_args`` it deprecates (gone in 2.64 unless named there by then): then it is left out."""
+    import inspect
+
+    from raylam.console import on_local_ray
+
+    params = inspect.signature(map_batches).parameters
+    takes = "max_restarts" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    return {"max_restarts": 0} if takes and on_local_ray() else {}
+
+
+def map_with_actor_pool(ds, fn, **kwargs):
+    """``ds.map_batches(fn, **kwargs)`` for a pool of actors, with :func:`actor_pool_options` (and
+    without Ray's deprecation warning for the ``ray_remote_args`` they are passed as)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+        return ds.map_batches(fn, **kwargs, **actor_pool_options(ds.map_batches))
+
+
 def configure_data_context(progress: bool) -> None:
     """Ray Data's per-dataset progress output, on or off, for datasets built after this call.
 

@@ -18,20 +18,25 @@ from __future__ import annotations
 
 import json
 import time
-import warnings
 from collections.abc import Callable
 
 import numpy as np
 import torch
 
 from raylam.cluster import cluster_resources
-from raylam.data.pipeline import DatasetInfo, WindowSpec, configure_data_context, window_dataset
+from raylam.data.pipeline import (
+    DatasetInfo,
+    WindowSpec,
+    configure_data_context,
+    map_with_actor_pool,
+    window_dataset,
+)
 from raylam.eval.config import ProbeConfig
 from raylam.models import Batch, Moments, RidgeFit
 from raylam.models.batch import rows_to_batch
 from raylam.models.probes import finite_rows
 from raylam.train.artifacts import load_run
-from raylam.train.relabel import actor_pool_options, writable
+from raylam.train.relabel import writable
 
 
 def _windows(info: DatasetInfo, frame_stack: int, split: str, limit: int | None, cfg: ProbeConfig, device):
@@ -213,18 +218,14 @@ def probe_run(run_dir: str, cfg: ProbeConfig, dataset: str | None = None) -> dic
         ds = window_dataset(info, spec, split=split, shuffle_seed=0, num_cpus=1.0)
         if limit is not None:
             ds = ds.limit(limit)
-        with warnings.catch_warnings():  # Ray's deprecation of ray_remote_args (actor_pool_options)
-            warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
-            ds = ds.map_batches(ProbeStatistics, batch_size=cfg.stats_windows, batch_format="numpy",
-                                fn_constructor_kwargs={"run_dir": run_dir, "state_features": cfg.state_features,
-                                                       "batch_size": cfg.batch_size, "use_gpu": use_gpu,
-                                                       "weights": weights},
-                                # a pool that grows to num_actors as resources allow: a fixed pool
-                                # holding every CPU would leave none for the tasks that read the shards
-                                compute=ray.data.ActorPoolStrategy(min_size=1, max_size=cfg.num_actors),
-                                num_gpus=1 if use_gpu else 0, num_cpus=0 if use_gpu else 1,
-                                # no "max_restarts > 0" error line per actor on a lone local Ray
-                                **actor_pool_options(ds.map_batches))
+        ds = map_with_actor_pool(ds, ProbeStatistics, batch_size=cfg.stats_windows, batch_format="numpy",
+                                 fn_constructor_kwargs={"run_dir": run_dir, "state_features": cfg.state_features,
+                                                        "batch_size": cfg.batch_size, "use_gpu": use_gpu,
+                                                        "weights": weights},
+                                 # a pool that grows to num_actors as resources allow: a fixed pool
+                                 # holding every CPU would leave none for the tasks that read the shards
+                                 compute=ray.data.ActorPoolStrategy(min_size=1, max_size=cfg.num_actors),
+                                 num_gpus=1 if use_gpu else 0, num_cpus=0 if use_gpu else 1)
         return _summed(ds)
 
     skipped = probes_skipped(info)

@@ -11,14 +11,19 @@ from __future__ import annotations
 
 import datetime as dt
 import sys
-import warnings
 
 import numpy as np
 import pyarrow as pa
 
 from raylam.cluster import cuda_device
 from raylam.config import to_dict
-from raylam.data.pipeline import DatasetInfo, WindowSpec, configure_data_context, window_dataset
+from raylam.data.pipeline import (
+    DatasetInfo,
+    WindowSpec,
+    configure_data_context,
+    map_with_actor_pool,
+    window_dataset,
+)
 from raylam.data.storage import resolve
 from raylam.models.batch import rows_to_batch
 from raylam.train.artifacts import ARTIFACT, StageResult, load_run
@@ -37,23 +42,6 @@ def writable(array: np.ndarray) -> np.ndarray:
     tensor over read-only memory warns; a batch is small next to the model's work on it."""
     array = np.ascontiguousarray(array)
     return array if array.flags.writeable else array.copy()
-
-
-def actor_pool_options(map_batches) -> dict:
-    """Extra ``map_batches`` arguments of an actor pool (the labeling and probe actors): none (Ray Data's default, restarted
-    forever) on a cluster, whose nodes may be lost; ``max_restarts=0`` on a Ray this machine runs
-    alone (no node to lose; an actor that crashes fails the stage, and a rerun relabels). Ray logs an
-    error-level line for every actor it creates with restarts and arguments in the object store, as
-    Ray Data's are (held by Ray Data for the whole run, so the restart it warns about would work):
-    locally it only alarmed. Ray 2.60 takes ``max_restarts`` only among the ``ray_remote_args`` it
-    deprecates (gone in 2.64 unless named there by then): then it is left out."""
-    import inspect
-
-    from raylam.console import on_local_ray
-
-    params = inspect.signature(map_batches).parameters
-    takes = "max_restarts" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    return {"max_restarts": 0} if takes and on_local_ray() else {}
 
 
 class Labeler:
@@ -104,16 +92,13 @@ def relabel(cfg: RelabelConfig, experiment: str = "raylam") -> StageResult:
     for split in splits:
         ds = window_dataset(info, spec, split=split, clips_per_task=cfg.data.clips_per_task, shuffle_seed=None,
                             num_cpus=cfg.data.read_cpus)
-        with warnings.catch_warnings():  # Ray's deprecation of ray_remote_args (actor_pool_options)
-            warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
-            labels = ds.map_batches(
-                Labeler,
-                fn_constructor_kwargs={"lam_run": cfg.lam_run, "use_gpu": cfg.use_gpu},
-                batch_size=cfg.batch_size, batch_format="numpy", num_gpus=gpus,
-                num_cpus=0 if gpus else cfg.cpus_per_actor,
-                compute=ray.data.ActorPoolStrategy(min_size=1, max_size=cfg.max_actors),
-                **actor_pool_options(ds.map_batches),
-            )
+        labels = map_with_actor_pool(
+            ds, Labeler,
+            fn_constructor_kwargs={"lam_run": cfg.lam_run, "use_gpu": cfg.use_gpu},
+            batch_size=cfg.batch_size, batch_format="numpy", num_gpus=gpus,
+            num_cpus=0 if gpus else cfg.cpus_per_actor,
+            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=cfg.max_actors),
+        )
         # the writes are light: they take a decode task's CPU share, not Ray Data's default whole CPU,
         # so that on a small node reads, the labeling actor and the writes fit at once
         labels.write_parquet(out, partition_cols=["episode"], ray_remote_args={"num_cpus": cfg.data.read_cpus})
