@@ -1,0 +1,84 @@
+"""How much the decoded policies move: action spread on held-out frames, per label budget.
+
+A decoded policy is latent BC (frames -> latent) followed by the action decoder (latent -> action),
+the decoder fitted on the budget's labeled episodes. Where the policy's latent carries little of the
+action, a decoder fitted on many labels regresses to the mean action (small spread, lower MSE),
+and one fitted on a single episode does not. Prints, for each method and budget, the per-dim std
+of the decoded actions, their mean |a| and MSE to the expert's actions, beside BC's.
+
+    python experiments/decoder_spread.py --root runs/label_curve --seed 0 --budgets labels1 labelsall
+"""
+
+from __future__ import annotations
+
+import argparse
+import tarfile
+
+import numpy as np
+import torch
+
+from raylam.data.pipeline import ClipsToWindows, DatasetInfo, WindowSpec
+from raylam.models.batch import rows_to_batch
+from raylam.train.artifacts import load_run
+
+
+def heldout_windows(dataset: str, shards: int) -> dict[str, np.ndarray]:
+    """The windows of the first ``shards`` held-out shards (local dataset), cut as the probes cut them."""
+    info = DatasetInfo(dataset)
+    manifest = info.manifest
+    cut = ClipsToWindows(WindowSpec(frame_stack=3, max_offset=1, seed=0), manifest["clip_length"],
+                         manifest["overlap"], info.labeled_episodes())
+    parts = []
+    for url in info.shard_urls("heldout")[:shards]:
+        members: dict[str, dict[str, bytes]] = {}
+        with tarfile.open(url.removeprefix("file://")) as tar:
+            for member in tar.getmembers():
+                key, _, suffix = member.name.partition(".")
+                members.setdefault(key, {})[suffix] = tar.extractfile(member).read()
+        keys = sorted(members)
+        batch = {"__key__": np.array(keys, dtype=object)}
+        for suffix in members[keys[0]]:
+            batch[suffix] = np.array([members[k][suffix] for k in keys], dtype=object)
+        parts.append(cut(batch))
+    return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+
+
+def describe(name: str, actions: np.ndarray, expert: np.ndarray) -> str:
+    spread = actions.std(0)
+    return (f"| {name} | {' '.join(f'{s:.2f}' for s in spread)} | {spread.mean():.2f} | "
+            f"{np.abs(actions).mean():.2f} | {((actions - expert) ** 2).mean():.3f} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", default="runs/label_curve", help="the experiment's run root")
+    parser.add_argument("--dataset", default="data/reduced_distracting_288")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--budgets", nargs="+", default=["labels1", "labelsall"], help="budget folders")
+    parser.add_argument("--shards", type=int, default=2, help="held-out shards to read")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    windows = heldout_windows(args.dataset, args.shards)
+    batch = rows_to_batch({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in windows.items()
+                           if v.dtype != object}, torch.device("cpu"))
+    expert = windows["actions"].astype(np.float32)
+    print(f"{len(expert)} held-out windows\n")
+    print("| policy | action std per dim | mean std | mean abs action | MSE to expert |\n|---|---|---|---|---|")
+    print(describe("expert", expert, expert))
+    seed = f"seed{args.seed}"
+    with torch.no_grad():
+        for budget in args.budgets:
+            for method in ("laom_sup", "laom", "lapo"):
+                # LAOM+sup's latent BC reads the budget's labels; LAOM's and LAPO's are shared by every budget
+                bc_dir = f"{args.root}/{budget}/{seed}/laom_sup_bc" if method == "laom_sup" \
+                    else f"{args.root}/{seed}/{method}_bc"
+                policy, _, _ = load_run(bc_dir, "cpu")
+                decoder, _, _ = load_run(f"{args.root}/{budget}/{seed}/{method}_decoder", "cpu")
+                actions = decoder.decode(policy.act(batch.obs).float()).clamp(-1, 1).numpy()
+                print(describe(f"{method} · {budget}", actions, expert))
+            bc, _, _ = load_run(f"{args.root}/{budget}/{seed}/bc", "cpu")
+            print(describe(f"bc · {budget}", bc.act(batch.obs).clamp(-1, 1).numpy(), expert))
+
+
+if __name__ == "__main__":
+    main()
