@@ -127,6 +127,27 @@ def test_results_of_every_seed_and_budget_merge_into_the_curve(tmp_path, dataset
     assert_readable(fig)
 
 
+def test_references_rolled_out_again_by_another_budget_count_once(tmp_path, dataset):
+    """Two budgets' evaluations roll the expert and random out again with the same seeds: the same
+    returns, another wall time. Merged, each reference is one evaluation with its spread over
+    episodes, not two identical means with a spread of zero."""
+    for budget, wall in ((1, 30.0), (16, 55.0)):
+        folder = tmp_path / f"labels{budget}"
+        write_evaluation(folder, dataset, 0, budget)
+        location = resolve(str(folder))
+        doc = location.read_json(RESULTS)
+        for row in doc["rows"]:
+            for r in row["rollouts"].values():
+                r["wall_s"] = wall + 0.1 * len(row["method"])
+        location.write_json(RESULTS, doc)
+    rows = report.merge_results([str(tmp_path)])["rows"]
+    assert [r["method"] for r in rows].count("expert") == 1 and [r["method"] for r in rows].count("laom") == 2
+    assert report.reference_levels(rows)[("synthetic", f"{HARD}/train")]["expert"] == pytest.approx((0.6, 0.02))
+    header, lines = report.table_rows(rows)
+    expert = next(cells for cells in lines if cells[0] == "expert")
+    assert expert[header.index(f"normalized return ({HARD} · paper protocol: train backgrounds)")] == "0.600 ± 0.020"
+
+
 def test_pooled_r2_is_recovered_from_per_dim_results():
     """Results written before r2_pooled existed still give it: SST per dim from its MSE and R²."""
     mse, sst = [0.25, 0.5, 0.003], [1.0, 1.0, 0.001]  # the third dim barely varies: its R² is -2

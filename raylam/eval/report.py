@@ -75,7 +75,8 @@ def merge_results(paths: list[str]) -> dict:
     """One results document holding the rows of every evaluation in ``paths`` (each row keeps its
     source): files, evaluation directories, folders of many evaluations or local globs (see
     :func:`find_results`). A row found twice (an evaluation's ``seed<k>/results.json`` repeats its
-    rows) counts once, so a (method, budget, seed) cell is never weighted twice in a mean."""
+    rows; the references rolled out again, same seeds, by another budget's evaluation) counts once,
+    so a (method, budget, seed) cell is never weighted twice in a mean."""
     from raylam.eval.evaluate import RESULTS_FORMAT
 
     if not paths:
@@ -92,7 +93,7 @@ def merge_results(paths: list[str]) -> dict:
         results = load_results(path)
         rollout_configs.append((results.get("config") or {}).get("rollout"))
         for row in results["rows"]:
-            identity = json.dumps(row, sort_keys=True, default=str)
+            identity = json.dumps(_without_timings(row), sort_keys=True, default=str)
             if identity in seen:
                 continue
             seen.add(identity)
@@ -102,6 +103,17 @@ def merge_results(paths: list[str]) -> dict:
     if rollout_configs[0] and all(c == rollout_configs[0] for c in rollout_configs):
         merged["config"] = {"rollout": rollout_configs[0]}  # the caption can describe the rollouts
     return merged
+
+
+def _without_timings(value):
+    """``value`` without its ``wall_s`` fields: how long a rollout took is no part of what it measured,
+    so the same rollouts in two evaluations (the expert's and random's, which every label budget of a
+    sweep rolls out again with the same seeds) count once, keeping their spread over episodes."""
+    if isinstance(value, dict):
+        return {k: _without_timings(v) for k, v in value.items() if k != "wall_s"}
+    if isinstance(value, list):
+        return [_without_timings(v) for v in value]
+    return value
 
 
 def _order(methods) -> list[str]:
