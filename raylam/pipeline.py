@@ -21,6 +21,8 @@ from raylam.config import ConfigError, UserError, to_dict
 from raylam.experiment import ExperimentConfig, budget_dir
 from raylam.train.config import UPSTREAM_FIELDS, StageConfig
 
+EVAL_CACHE = "cache"  # in a sweep's evaluation folder: probes and reference episodes every budget shares
+
 
 def stage_is_done(cfg) -> bool:
     """True when the stage's run directory holds an artifact of exactly this stage: the same
@@ -295,12 +297,14 @@ def evaluate_budgets(exp: ExperimentConfig, output: str, **kwargs) -> dict:
     from raylam.eval.evaluate import evaluate_methods
     from raylam.eval.report import merge_results, write_report
 
-    outputs, memo = [], {}  # runs every budget shares are probed, and references rolled out, once
+    # runs every budget shares are probed, and references rolled out, once: in this invocation (memo)
+    # and in later ones that evaluate other budgets into the same output (the cache folder)
+    outputs, memo, cache = [], {}, f"{output.rstrip('/')}/{EVAL_CACHE}"
     for budget in exp.label_budgets:
         out = f"{output.rstrip('/')}/{budget_dir(budget)}"
         print(f"== evaluate label budget {'all' if budget is None else budget} -> {out}", flush=True)
         evaluate_methods(exp.evaluate, exp.run_dirs(budget), out, experiment=exp.name, num_labeled=budget, memo=memo,
-                         **kwargs)
+                         cache=cache, **kwargs)
         outputs.append(out)
     merged = merge_results(outputs)
     merged["experiment"] = exp.name

@@ -189,5 +189,10 @@ def test_pipeline_sweeps_budgets_sharing_label_free_runs(ray_local, tmp_path, mo
     run_pipeline(tiny_sweep(tmp_path))  # a rerun trains nothing
     printed = capsys.readouterr().out
     assert printed.count("already done with this config, skipped") == 7, printed  # 3 shared + 2 x 2 per budget
+    # nor probes again: the sweep's evaluation folder keeps the shared LAM's probe for later invocations
+    assert printed.count(f"== probe laom: {root / 'laom'} (probed by an earlier evaluation)\n") == 1, printed
+    assert len(list((Path(out["output"]) / "cache" / "probes").glob("probe-*.json"))) == 1
+    again = [json.loads((Path(out["output"]) / f"labels{b}" / "results.json").read_text())["rows"] for b in (1, 2)]
+    assert [r["probe"] for r in again[1] if r["method"] == "laom"] == [r["probe"] for r in probes[0] if r["method"] == "laom"]
     assert main(["report", out["output"], "-o", str(tmp_path / "merged")]) == 0
     assert "2 results.json merged" in capsys.readouterr().out

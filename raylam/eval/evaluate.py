@@ -89,7 +89,7 @@ def _row(method: str, runs: dict, artifact: dict | None, info: DatasetInfo, seed
 def evaluate_methods(cfg: EvalConfig, run_root: str | Mapping[int, str | Mapping[str, str]], output: str,
                      dataset: str | None = None, probes: bool = True, rollouts: bool = True,
                      experiment: str = "raylam", num_labeled: int | None = None,
-                     memo: dict | None = None) -> dict:
+                     memo: dict | None = None, cache: str | None = None) -> dict:
     """Evaluate ``cfg.methods``; write results + report to ``output``.
 
     ``run_root``: where the methods' bare run names live -- one directory, or ``{training seed:
@@ -98,7 +98,10 @@ def evaluate_methods(cfg: EvalConfig, run_root: str | Mapping[int, str | Mapping
     records; its ``num_labeled`` the label budget the artifact records, or ``num_labeled`` when
     given: one budget of a sweep, whose label-free runs every budget shares. ``memo``: a dict kept
     across the budgets of one sweep, so that a run shared by every budget is probed, and the
-    reference policies are rolled out, once.
+    reference policies are rolled out, once. ``cache``: a folder that keeps both across evaluations
+    (a sweep evaluated one budget per invocation): each LAM's probes under ``probes/``, named by the
+    run's identity, the probe settings and the dataset's identity; the references' episodes under
+    ``episodes/``, which the rollouts resume from (their log checks agent, env and seeds).
     """
     from raylam.eval.report import write_report
 
@@ -114,7 +117,7 @@ def evaluate_methods(cfg: EvalConfig, run_root: str | Mapping[int, str | Mapping
         # one root: the row's seed is whatever its runs were trained with; several: each root must hold its seed
         episodes = f"{output.rstrip('/')}/{EPISODES}" + (f"/seed{seed}" if len(roots) > 1 else "")
         seed_rows, seed_strips = _evaluate_root(cfg, root, cfg.seed if seed is None else seed, len(roots) > 1,
-                                                dataset, probes, rollouts, episodes, num_labeled, memo)
+                                                dataset, probes, rollouts, episodes, num_labeled, memo, cache)
         if len(roots) > 1:
             seed_out = resolve(f"{output.rstrip('/')}/seed{seed}")
             seed_out.makedirs()
@@ -126,8 +129,9 @@ def evaluate_methods(cfg: EvalConfig, run_root: str | Mapping[int, str | Mapping
     if rollouts and cfg.rollout.episodes and cfg.rollout.references and rows and rollout_env(info, cfg) is not None:
         for kind in REFERENCES:  # the same episodes for every seed (and budget): rolled out once
             row = _row(kind, {}, None, info, None)
+            where = (cache or output).rstrip("/")
             row["rollouts"], strips[kind] = _once(memo, ("reference", kind), _act, kind, {"kind": kind}, info, cfg,
-                                                  f"{output.rstrip('/')}/{EPISODES}/{kind}")
+                                                  f"{where}/{EPISODES}/{kind}")
             rows.append(row)
     results = _document(cfg, experiment, rows, time.perf_counter() - start)
     results["evaluations"] = evaluations_run(cfg, info, probes, rollouts)
@@ -158,7 +162,7 @@ def _document(cfg: EvalConfig, experiment: str, rows: list[dict], wall_s: float)
 
 def _evaluate_root(cfg: EvalConfig, run_root: str | Mapping[str, str], seed: int, strict: bool,
                    dataset: str | None, probes: bool, rollouts: bool, episodes: str,
-                   num_labeled: int | None, memo: dict) -> tuple[list[dict], dict]:
+                   num_labeled: int | None, memo: dict, cache: str | None = None) -> tuple[list[dict], dict]:
     """Probes and rollouts of every method whose runs live in ``run_root``: (rows, strips).
 
     A row's seed is the one its runs' artifact records (``seed`` for runs that record none);
@@ -180,9 +184,11 @@ def _evaluate_root(cfg: EvalConfig, run_root: str | Mapping[str, str], seed: int
             from raylam.eval.probes import probe_run
 
             key = ("probe", runs["lam"], info.uri)
-            print(f"== probe {m.name}: {runs['lam']}" + (" (probed for an earlier budget)" if key in memo else ""),
-                  flush=True)  # a run every budget of a sweep shares is probed once
-            row["probe"] = _once(memo, key, probe_run, runs["lam"], cfg.probe, dataset=info.uri)
+            stored = _probe_store(cache, runs["lam"], cfg, info) if cache else None
+            earlier = " (probed for an earlier budget)" if key in memo else \
+                " (probed by an earlier evaluation)" if stored and stored[0].exists(stored[1]) else ""
+            print(f"== probe {m.name}: {runs['lam']}{earlier}", flush=True)  # a run budgets share is probed once
+            row["probe"] = _once(memo, key, probe_run, runs["lam"], cfg.probe, dataset=info.uri, stored=stored)
             print("   " + "; ".join(f"{k} probe MSE {v['mse']:.4f} R2 {v['r2']:.3f}" for k, v in row["probe"].items()
                                    if isinstance(v, dict) and "mse" in v), flush=True)
         if rollouts and cfg.rollout.episodes and runs["policy"] and rollout_env(info, cfg) is not None:
@@ -193,12 +199,33 @@ def _evaluate_root(cfg: EvalConfig, run_root: str | Mapping[str, str], seed: int
     return rows, strips
 
 
-def _once(memo: dict, key: tuple, compute, *args, **kwargs):
+def _once(memo: dict, key: tuple, compute, *args, stored: tuple | None = None, **kwargs):
     """``compute(*args, **kwargs)``, called the first time ``key`` is asked for in ``memo`` (one
-    evaluation of a sweep's budgets); each caller gets its own copy, so rows never share mutable parts."""
+    evaluation of a sweep's budgets); each caller gets its own copy, so rows never share mutable parts.
+    ``stored``: (location, file name) of a JSON value kept across evaluations: read when there,
+    written once computed."""
     if key not in memo:
-        memo[key] = compute(*args, **kwargs)
+        if stored is not None and stored[0].exists(stored[1]):
+            memo[key] = stored[0].read_json(stored[1])
+        else:
+            memo[key] = compute(*args, **kwargs)
+            if stored is not None:
+                stored[0].makedirs()
+                stored[0].write_json(stored[1], memo[key])
     return copy.deepcopy(memo[key])
+
+
+def _probe_store(cache: str, lam_run: str, cfg: EvalConfig, info: DatasetInfo) -> tuple:
+    """Where ``cache`` keeps a LAM's probes: named by what they measure (the run's identity, the
+    probe settings, the dataset's identity), so a retrained run or another dataset is probed anew."""
+    import hashlib
+    import json
+
+    from raylam.train.identity import dataset_identity, run_identity
+
+    what = {"run": run_identity(lam_run), "probe": to_dict(cfg.probe), "dataset": dataset_identity(info.uri)}
+    digest = hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:20]
+    return resolve(f"{cache.rstrip('/')}/probes"), f"probe-{digest}.json"
 
 
 def rollout_env(info: DatasetInfo, cfg: EvalConfig) -> EnvConfig | None:
