@@ -12,34 +12,27 @@ of the decoded actions, their mean |a| and MSE to the expert's actions, beside B
 from __future__ import annotations
 
 import argparse
-import tarfile
 
 import numpy as np
 import torch
 
 from raylam.data.pipeline import ClipsToWindows, DatasetInfo, WindowSpec
+from raylam.data.shards import iter_tar_samples
 from raylam.models.batch import rows_to_batch
 from raylam.train.artifacts import load_run
 
 
 def heldout_windows(dataset: str, shards: int) -> dict[str, np.ndarray]:
-    """The windows of the first ``shards`` held-out shards (local dataset), cut as the probes cut them."""
+    """The windows of the first ``shards`` held-out shards, cut as the probes cut them."""
     info = DatasetInfo(dataset)
     manifest = info.manifest
     cut = ClipsToWindows(WindowSpec(frame_stack=3, max_offset=1, seed=0), manifest["clip_length"],
                          manifest["overlap"], info.labeled_episodes())
     parts = []
     for url in info.shard_urls("heldout")[:shards]:
-        members: dict[str, dict[str, bytes]] = {}
-        with tarfile.open(url.removeprefix("file://")) as tar:
-            for member in tar.getmembers():
-                key, _, suffix = member.name.partition(".")
-                members.setdefault(key, {})[suffix] = tar.extractfile(member).read()
-        keys = sorted(members)
-        batch = {"__key__": np.array(keys, dtype=object)}
-        for suffix in members[keys[0]]:
-            batch[suffix] = np.array([members[k][suffix] for k in keys], dtype=object)
-        parts.append(cut(batch))
+        with info.location.open_read(url.rsplit("/", 1)[-1]) as stream:
+            samples = list(iter_tar_samples(stream, url))
+        parts.append(cut({name: np.array([s[name] for s in samples], dtype=object) for name in samples[0]}))
     return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
 
 

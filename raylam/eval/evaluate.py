@@ -218,14 +218,10 @@ def _once(memo: dict, key: tuple, compute, *args, stored: tuple | None = None, *
 def _probe_store(cache: str, lam_run: str, cfg: EvalConfig, info: DatasetInfo) -> tuple:
     """Where ``cache`` keeps a LAM's probes: named by what they measure (the run's identity, the
     probe settings, the dataset's identity), so a retrained run or another dataset is probed anew."""
-    import hashlib
-    import json
-
-    from raylam.train.identity import dataset_identity, run_identity
+    from raylam.train.identity import dataset_identity, digest, run_identity
 
     what = {"run": run_identity(lam_run), "probe": to_dict(cfg.probe), "dataset": dataset_identity(info.uri)}
-    digest = hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:20]
-    return resolve(f"{cache.rstrip('/')}/probes"), f"probe-{digest}.json"
+    return resolve(f"{cache.rstrip('/')}/probes"), f"probe-{digest(what)[:20]}.json"
 
 
 def rollout_env(info: DatasetInfo, cfg: EvalConfig) -> EnvConfig | None:

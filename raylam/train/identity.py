@@ -43,7 +43,7 @@ def stage_identity(cfg) -> str:
         path = getattr(cfg, key, None)
         if path:
             inputs[key] = run_identity(path)
-    return _digest({"config": _changes(config, defaults), "inputs": inputs})
+    return digest({"config": _changes(config, defaults), "inputs": inputs})
 
 
 def dataset_identity(uri: str) -> str:
@@ -55,7 +55,7 @@ def dataset_identity(uri: str) -> str:
         raise FileNotFoundError(f"{location.url(MANIFEST)} does not exist: {uri} is not a raylam dataset "
                                 "(run `raylam collect` or `raylam ingest` first)")
     manifest = location.read_json(MANIFEST)
-    return _digest({key: value for key, value in manifest.items() if key not in VOLATILE_MANIFEST_KEYS})
+    return digest({key: value for key, value in manifest.items() if key not in VOLATILE_MANIFEST_KEYS})
 
 
 VOLATILE_MANIFEST_KEYS = ("created", "raylam_version", "config")
@@ -67,10 +67,11 @@ def run_identity(run_dir: str) -> str:
     artifact = read_artifact(run_dir)
     if "identity" in artifact:
         return artifact["identity"]
-    return _digest({key: artifact.get(key) for key in ("checkpoint", "labels", "finished")})
+    return digest({key: artifact.get(key) for key in ("checkpoint", "labels", "finished")})
 
 
-def _digest(obj) -> str:
+def digest(obj) -> str:
+    """A hex digest of a JSON-able value (key order ignored): what names a stage, a dataset, a probe."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
