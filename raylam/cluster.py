@@ -10,17 +10,55 @@ one starts with its head alone.
 
 from __future__ import annotations
 
+import os
+import sys
+
 from raylam.config import ConfigError
 
 
 def connect(runtime_env: dict | None = None) -> None:
     """Join the cluster this process belongs to (``RAY_ADDRESS``, a submitted job's) or start a
     local one (with ``runtime_env``, :func:`raylam.console.local_runtime_env`): the CLI's single
-    ``ray.init``."""
+    ``ray.init``.
+
+    A local start is tried twice: Ray 2.60 gives a new raylet a fixed 30 s to register
+    (``node.py``), which a busy laptop or CI machine can miss; the half-started processes of the
+    first try are killed before the second."""
     import ray
 
-    if not ray.is_initialized():
+    if ray.is_initialized():
+        return
+    local = os.environ.get("RAY_ADDRESS", "local") in ("", "local")
+    started = _child_pids()
+    try:
         ray.init(runtime_env=runtime_env)
+    except Exception as exc:  # Ray raises a bare Exception here
+        if not local or RAY_START_TIMEOUT not in str(exc):
+            raise
+        print(f"Ray's local start timed out ({exc}); killing its processes and starting it once more",
+              file=sys.stderr, flush=True)
+        _kill_children_except(started)
+        ray.init(runtime_env=runtime_env)
+
+
+RAY_START_TIMEOUT = "timed out during startup"  # ray/_private/node.py, Ray 2.60
+
+
+def _child_pids() -> set[int]:
+    import psutil  # Ray ships it (ray/thirdparty_files, on sys.path once ray is imported)
+
+    return {child.pid for child in psutil.Process().children(recursive=True)}
+
+
+def _kill_children_except(keep: set[int]) -> None:
+    import psutil
+
+    for child in psutil.Process().children(recursive=True):
+        if child.pid not in keep:
+            try:
+                child.kill()
+            except psutil.NoSuchProcess:
+                pass
 
 
 def cluster_resources() -> dict[str, float]:

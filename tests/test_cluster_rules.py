@@ -103,3 +103,38 @@ def test_auto_rendering_falls_back_to_osmesa_where_egl_cannot_open(tmp_path):
     explicit = subprocess.run([sys.executable, "-c", "from raylam.envs.render import configure_rendering as c; "
                                "print(c('egl'))"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert explicit.stdout.strip() == "egl", explicit.stderr
+
+
+def test_a_local_ray_start_that_times_out_is_tried_once_more(monkeypatch, capsys):
+    """Ray 2.60 gives a new raylet a fixed 30 s to register; a busy machine misses it (seen here
+    with two training jobs beside the suite). The first try's processes (here a stand-in child
+    that the failed try leaves behind) are killed and the start is tried again; a failure that is
+    not that timeout, or one while joining a cluster, is not retried."""
+    import subprocess
+    import sys
+
+    import ray
+
+    from raylam import cluster
+
+    tries, children = [], []
+
+    def init(**kwargs):
+        tries.append(kwargs)
+        if len(tries) == 1:
+            children.append(subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"]))
+            raise Exception("The current node timed out during startup. This could happen because ...")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", init)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    cluster.connect(runtime_env={"env_vars": {"A": "1"}})
+    assert len(tries) == 2 and tries[1] == {"runtime_env": {"env_vars": {"A": "1"}}}
+    assert children[0].wait(timeout=60) is not None  # the half-started process was killed
+    assert "timed out" in capsys.readouterr().err
+
+    tries.clear()
+    monkeypatch.setenv("RAY_ADDRESS", "ray://head:10001")
+    with pytest.raises(Exception, match="timed out during startup"):
+        cluster.connect()
+    assert len(tries) == 1

@@ -6,7 +6,8 @@ video with distractors and trains its three latent action models; `raylam pipeli
 held-out ridge probes. The claim (README, docs/results.md#the-quickstart): LAOM+sup's held-out
 action-probe R² is at least 0.2 and at least 0.1 above LAOM's and LAPO's. The policy stages and
 rollouts, which the claim does not read, are left out (the full quickstart is what a user runs;
-test_pipeline runs every stage of it on tiny data). About 5 minutes on an idle 2-core machine.
+test_pipeline runs every stage of it on tiny data). About 5 minutes on an idle 2-core machine, 14
+beside a training job: marked `claim`, it runs with `pytest -m claim` rather than in CI's suite.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import pytest
 
 from raylam.cli import main
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.claim]
 
 QUICKSTART = str(Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml")
 LAMS = ("laom_sup", "laom", "lapo")
