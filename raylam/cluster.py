@@ -28,12 +28,11 @@ def connect(runtime_env: dict | None = None) -> None:
 
     if ray.is_initialized():
         return
-    local = os.environ.get("RAY_ADDRESS", "local") in ("", "local")
     started = _child_pids()
     try:
         ray.init(runtime_env=runtime_env)
     except Exception as exc:  # Ray raises a bare Exception here
-        if not local or RAY_START_TIMEOUT not in str(exc):
+        if not starts_local_ray() or RAY_START_TIMEOUT not in str(exc):
             raise
         print(f"Ray's local start timed out ({exc}); killing its processes and starting it once more",
               file=sys.stderr, flush=True)
@@ -42,6 +41,11 @@ def connect(runtime_env: dict | None = None) -> None:
 
 
 RAY_START_TIMEOUT = "timed out during startup"  # ray/_private/node.py, Ray 2.60
+
+
+def starts_local_ray() -> bool:
+    """True when the next ``ray.init`` starts a Ray on this machine rather than joining one."""
+    return os.environ.get("RAY_ADDRESS", "local") in ("", "local")
 
 
 def _child_pids() -> set[int]:

@@ -20,6 +20,8 @@ import os
 import sys
 import time
 
+from raylam.cluster import starts_local_ray
+
 VERBOSE_ENV = "RAYLAM_VERBOSE"
 
 # (logger name, words of the message): Ray's records that say nothing a raylam user can act on.
@@ -68,7 +70,7 @@ def quiet_ray_environment() -> None:
         os.environ.setdefault("RAY_DATA_LOG_LEVEL", "INFO")
         return
     os.environ.setdefault("RAY_DATA_LOG_LEVEL", "WARNING")
-    if _starts_local_ray():
+    if starts_local_ray():
         os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
         os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning")
 
@@ -108,10 +110,6 @@ def on_local_ray() -> bool:
     return started_here() or os.environ.get(LOCAL_RAY_ENV) == "1"
 
 
-def _starts_local_ray() -> bool:
-    return os.environ.get("RAY_ADDRESS", "local") in ("", "local")
-
-
 def announce_ray_start() -> bool:
     """Say "starting Ray…" when the next Ray call will connect or start one (Ray's connect-on-first-use);
     returns whether it did."""
@@ -120,7 +118,7 @@ def announce_ray_start() -> bool:
     if ray.is_initialized():
         return False
     where = os.environ.get("RAY_ADDRESS")
-    print("starting Ray… (a local start takes 15-45 s)" if _starts_local_ray() else f"connecting to Ray at {where}…",
+    print("starting Ray… (a local start takes 15-45 s)" if starts_local_ray() else f"connecting to Ray at {where}…",
           file=sys.stderr, flush=True)
     return True
 
@@ -136,6 +134,6 @@ def start_ray() -> None:
     started = time.perf_counter()
     if not announce_ray_start():
         return
-    connect(runtime_env=local_runtime_env() if _starts_local_ray() else None)
+    connect(runtime_env=local_runtime_env() if starts_local_ray() else None)
     cpus = ray.cluster_resources().get("CPU", 0)
     print(f"Ray ready in {time.perf_counter() - started:.0f} s ({cpus:g} CPUs)", file=sys.stderr, flush=True)
