@@ -87,6 +87,21 @@ def check_label_budget(dataset: str, num_labeled: int | None, key: str) -> None:
         raise ConfigError(f"{key}: got {num_labeled}, but dataset {dataset} has {have} labeled episodes")
 
 
+def check_dataset_fits(dataset: str, model, key: str) -> None:
+    """The stage's model reads the dataset's frames (size, channels, window overlap): fail now, not
+    in the stage's task once Ray has started (a dataset not there yet is the stage's to check)."""
+    from raylam.data.pipeline import DatasetInfo
+
+    try:
+        info = DatasetInfo(dataset)
+    except (FileNotFoundError, OSError):
+        return
+    try:
+        info.check_model(model)
+    except ConfigError as err:
+        raise ConfigError(f"{key}: {err}") from None
+
+
 def heldout_hint(manifest: dict) -> str:
     """How to give a dataset held-out episodes, in the keys of the command that made it."""
     if manifest.get("imported"):
@@ -132,6 +147,7 @@ def check_experiment(exp, command: str) -> None:
             if stage.kind.trains and (not collects or stage.dataset != exp.collect.output):  # pipeline: collected first
                 check_label_budget(stage.dataset, stage.num_labeled, f"stages[{i}] ({entry['run_name']}).num_labeled")
                 check_heldout(stage.dataset, stage.eval_every, f"stages[{i}] ({entry['run_name']}).eval_every")
+                check_dataset_fits(stage.dataset, stage.model, f"stages[{i}] ({entry['run_name']}).model")
     if command in ("evaluate", "pipeline"):
         check_output_dir(exp.evaluate.output, "evaluate.output")
         check_reachable(exp.evaluate.output, "evaluate.output")

@@ -80,12 +80,14 @@ def _experiment(args):
 def _load(args):
     """The experiment of ``--config`` plus overrides, checked against what the command will touch."""
     from raylam.checks import check_experiment
+    from raylam.cluster import limit_oom_retries
 
     cfg = _experiment(args)
     if args.print_config:
         print(json.dumps(to_dict(cfg), indent=2))
         sys.exit(0)
     check_experiment(cfg, args.command)
+    limit_oom_retries(cfg.oom_retries)  # read when Ray starts, which comes later
     return cfg
 
 
@@ -485,6 +487,16 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as err:  # a path the user named
         print(f"raylam {args.command}: {one_line(err)}", file=sys.stderr)
         return 2
+    except Exception as err:  # a node too small for what ran on it: one line, not Ray's pages
+        from raylam.cluster import OutOfMemory, memory_kill, out_of_memory
+
+        memory = None if isinstance(err, OutOfMemory) else memory_kill(err)
+        if memory is not None:
+            err = out_of_memory(f"a task of raylam {args.command}", memory)
+        elif not isinstance(err, OutOfMemory):
+            raise
+        print(f"raylam {args.command}: out of memory: {one_line(err)}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

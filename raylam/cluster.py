@@ -48,6 +48,54 @@ def starts_local_ray() -> bool:
     return os.environ.get("RAY_ADDRESS", "local") in ("", "local")
 
 
+OOM_RETRIES_ENV = "RAY_task_oom_retries"
+
+
+class OutOfMemory(RuntimeError):
+    """Ray's memory monitor killed a task of this job more often than ``oom_retries`` allows. Not a
+    :class:`~raylam.config.UserError` (nothing asked for was wrong) but said in one line all the
+    same: what was killed, the node's memory, and what to change."""
+
+
+def limit_oom_retries(retries: int) -> None:
+    """Cap how often a task killed by Ray's memory monitor is retried, for the Ray this process
+    starts or joins next (``-1`` leaves Ray's default).
+
+    Ray 2.60 retries such a task without end (``RAY_task_oom_retries`` defaults to -1), and the
+    monitor kills the newest task first: on a node that stays over its threshold, stage drivers are
+    killed and restarted over and over while the memory hogs live on, and the job neither advances
+    nor fails (measured: two label-curve pipelines on one 24 GiB machine, 25 min without a finished
+    stage). The owner of a task counts its retries, so this process's setting covers the tasks it
+    submits (the stage drivers); a local Ray started from here passes it to every worker."""
+    ray = sys.modules.get("ray")  # not imported for this: commands that never start Ray stay light
+    if retries >= 0 and not (ray is not None and ray.is_initialized()):
+        os.environ[OOM_RETRIES_ENV] = str(retries)
+
+
+def memory_kill(err: BaseException) -> str | None:
+    """The node's memory as Ray reported it ("22.40GB used / 23.54GB limit"), when ``err`` or an
+    error that led to it is a kill by Ray's memory monitor; else None."""
+    import re
+
+    while err is not None:
+        text = " ".join(str(err).split())
+        if "running low on memory" in text:
+            found = re.search(r"was ([\d.]+ ?GB) used / ([\d.]+ ?GB)", text)
+            return f"{found[1]} used of {found[2]}" if found else "above Ray's threshold"
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def out_of_memory(what: str, memory: str) -> OutOfMemory:
+    """The one line for ``what`` (a stage, a command) killed by Ray's memory monitor past its retries."""
+    retries = os.environ.get(OOM_RETRIES_ENV, "")
+    times = f" {int(retries) + 1} times" if retries.isdigit() else ""
+    return OutOfMemory(
+        f"{what} was killed by Ray's memory monitor{times} (node memory {memory}); run fewer stages or workers at "
+        "once (concurrent_stages, train.num_workers) or use a node with more memory; finished stages are kept and a "
+        "rerun goes on from them")
+
+
 def _child_pids() -> set[int]:
     import psutil  # Ray ships it (ray/thirdparty_files, on sys.path once ray is imported)
 

@@ -77,6 +77,10 @@ class ExperimentConfig:
     stage_retries: int = spec(
         2, ge=0, help="raylam pipeline/train: times a stage's driver task is restarted when its process or node dies "
                       "(its Train run resumes from the last checkpoint); an error raised by the stage is never retried")
+    oom_retries: int = spec(
+        3, ge=-1, help="times a task of this job that Ray's memory monitor kills is retried (a stage driver resumes its "
+                       "Train run); past that the command stops with one line naming memory. -1: Ray 2.60's default, "
+                       "without end, which on a node that stays over its memory threshold restarts stages for ever")
     seeds: list[int] | None = spec(
         None, ge=0, help="training seeds: the chain runs once per seed, in <storage_path>/<name>/seed<k>/<run_name>, "
                          "and the evaluation reports mean ± std over them; null: [train.seed] (0 unless set), "

@@ -127,7 +127,7 @@ def run_stages(exp: ExperimentConfig, stages: list[int], force: bool, timings: d
     chains and seeds are independent."""
     import ray
 
-    from raylam.cluster import started_here
+    from raylam.cluster import memory_kill, out_of_memory, started_here
     from raylam.train.trainer import train
 
     seeds, dependent = exp.seed_list(), exp.label_dependent()
@@ -161,7 +161,13 @@ def run_stages(exp: ExperimentConfig, stages: list[int], force: bool, timings: d
             stage = start(job, k, config(job))
             if stage is not None:
                 t = time.perf_counter()
-                train(stage, exp.name, fresh=force, label=f"[{k}/{total}] {label(*job)}")
+                try:
+                    train(stage, exp.name, fresh=force, label=f"[{k}/{total}] {label(*job)}")
+                except Exception as err:  # a Ray Data task or Train worker killed past exp.oom_retries
+                    memory = memory_kill(err)
+                    if memory is None:
+                        raise
+                    raise out_of_memory(f"stage {label(*job)}", memory) from None
                 timings[label(*job)] = time.perf_counter() - t
                 print(f"== stage {label(*job)} done ({timings[label(*job)]:.0f} s)", flush=True)
         return
@@ -206,6 +212,8 @@ def run_stages(exp: ExperimentConfig, stages: list[int], force: bool, timings: d
             if isinstance(err.cause, UserError):  # bad input found in the stage's task: its one line
                 raise err.cause from None
             raise
+        except ray.exceptions.OutOfMemoryError as err:  # killed by Ray's memory monitor past exp.oom_retries
+            raise out_of_memory(f"stage {label(*job)}", memory_kill(err) or "above Ray's threshold") from None
         done.add(job)
         timings[label(*job)] = time.perf_counter() - t
         print(f"== stage {label(*job)} done ({timings[label(*job)]:.0f} s)", flush=True)

@@ -107,3 +107,15 @@ def test_internal_errors_keep_their_traceback(monkeypatch, tmp_path):
     monkeypatch.setattr(report, "merge_results", broken)
     with pytest.raises(ValueError, match="an internal bug"):
         main(["report", str(tmp_path), "--output", str(tmp_path / "out")])
+
+
+def test_a_model_that_does_not_fit_the_dataset_fails_before_ray(capsys, dataset, tmp_path):
+    """Frame size and window overlap are checked against the dataset's manifest up front: one line
+    naming the stage's model, not a traceback from the stage's task once Ray has started."""
+    common = ["train", "--config", QUICKSTART, f"train.dataset={dataset}", f"train.storage_path={tmp_path}",
+              "train.num_labeled=2"]
+    fails_with(capsys, [*common, "train.model.image_size=64"],
+               f"stages[0] (laom_sup).model: dataset {dataset} has 32x32 frames, model.image_size is 64")
+    fails_with(capsys, [*common, "train.model.image_size=32", "train.model.max_offset=8"],
+               f"stages[0] (laom_sup).model: dataset {dataset} has clips overlapping by 4 frames; windows with "
+               "frame_stack 3 and max_offset 8 need >= 10")

@@ -66,10 +66,22 @@ class DatasetInfo:
             )
         return list(order[:num_labeled])
 
+    def check_model(self, model) -> None:
+        """A model (``ModelConfig``) reads this dataset's frames: same size and channels, and windows
+        of its frame_stack and max_offset fit the clips' overlap."""
+        shape = self.manifest["frame_shape"]
+        if shape[0] != model.image_size or shape[1] != model.image_size:
+            raise ConfigError(f"dataset {self.uri} has {shape[0]}x{shape[1]} frames, model.image_size is "
+                              f"{model.image_size}")
+        if shape[2] != model.frame_channels:
+            raise ConfigError(f"dataset {self.uri} has {shape[2]} channels, model.frame_channels is "
+                              f"{model.frame_channels}")
+        self.check_windows(WindowSpec(frame_stack=model.frame_stack, max_offset=model.max_offset))
+
     def check_windows(self, spec: WindowSpec) -> None:
         need = required_overlap(spec.frame_stack, spec.max_offset)
         if self.manifest["overlap"] < need and self.manifest["episode_length"] > self.manifest["clip_length"]:
-            raise ValueError(
+            raise ConfigError(
                 f"dataset {self.uri} has clips overlapping by {self.manifest['overlap']} frames; windows with "
                 f"frame_stack {spec.frame_stack} and max_offset {spec.max_offset} need >= {need} "
                 "(collect again with a larger collect.overlap, or lower max_offset)"

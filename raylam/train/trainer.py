@@ -113,13 +113,7 @@ def data_mode(cfg: TrainConfig, info: DatasetInfo) -> str:
 
 def check_dataset(cfg: TrainConfig, info: DatasetInfo) -> dict:
     """Fail before any worker starts when the dataset and the model disagree."""
-    shape = info.manifest["frame_shape"]
-    if shape[0] != cfg.model.image_size or shape[1] != cfg.model.image_size:
-        raise ConfigError(
-            f"dataset {cfg.dataset} has {shape[0]}x{shape[1]} frames, model.image_size is {cfg.model.image_size}"
-        )
-    if shape[2] != cfg.model.frame_channels:
-        raise ConfigError(f"dataset {cfg.dataset} has {shape[2]} channels, model.frame_channels is {cfg.model.frame_channels}")
+    info.check_model(cfg.model)
     info.labeled_episodes(cfg.num_labeled)  # raises if the budget exceeds the dataset's labels
     if cfg.kind.labeled_only or cfg.reads_labeled_stream:
         if not info.labeled_episodes(cfg.num_labeled):

@@ -31,10 +31,11 @@ def cmd_tune(args) -> int:
         print(json.dumps({**to_dict(experiment), "tune": to_dict(cfg)}, indent=2))
         return 0
     from raylam.checks import check_experiment
-    from raylam.cluster import check_paths, require_cluster_paths
+    from raylam.cluster import check_paths, limit_oom_retries, require_cluster_paths
     from raylam.console import start_ray
 
     check_experiment(experiment, "tune")
+    limit_oom_retries(experiment.oom_retries)
     plan_sweep(experiment, cfg)  # a sweep that cannot run fails here, before Ray starts
     start_ray()  # announced and timed, as every command that starts Ray
     require_cluster_paths(experiment, collect=False, evaluate=False)
