@@ -4,7 +4,8 @@ raylam caps those retries (``oom_retries``) and then stops with one line naming 
 
 The node is made "over-full" for real: each command runs in its own process with its own local Ray
 whose memory monitor threshold (``RAY_memory_usage_threshold``, read by Ray at start) lies below
-what the machine already uses, so Ray's monitor kills every task and actor of the job as it starts.
+what the machine already uses, so Ray's monitor kills every task and actor of the job as it starts. The same holds on a cluster
+raylam joins (``tests/oom_joined.py``, a ``ray.cluster_utils.Cluster`` started without the cap).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import run_cluster_script
 
 from raylam.config import to_dict
 from raylam.data.synthetic import write_synthetic_dataset
@@ -70,3 +72,12 @@ def test_a_stage_killed_for_memory_stops_the_job_with_one_line(experiment):
     assert "GB used of " in lines[0] and "concurrent_stages" in lines[0]
     assert "Traceback" not in proc.stderr
     assert not (experiment.parent / "runs" / "oom" / "bc" / "artifact.json").exists()
+
+
+@pytest.mark.slow
+def test_a_driver_joining_a_cluster_caps_the_retries_of_its_tasks(tmp_path):
+    """On a cluster raylam joins (started by its operator, without the cap), the cap set in raylam's
+    process still applies to the stage tasks it submits: the task fails for memory after its one
+    retry instead of being killed and restarted until the 10-min deadline."""
+    result = run_cluster_script(ROOT / "tests" / "oom_joined.py", [], tmp_path, timeout=900)
+    assert result["outcome"] == "OutOfMemoryError", result
