@@ -264,3 +264,21 @@ def test_probe_bars_split_budgets_and_count_a_shared_run_once():
     bars = report.probe_bars(rows)
     assert report._order(bars) == ["laom_sup · 2 labeled", "laom_sup · 16 labeled", "laom"]
     assert len(bars["laom"]) == 1 and [r["seed"] for r in bars["laom_sup · 2 labeled"]] == [0, 1]
+
+
+def test_the_curve_says_how_many_seeds_each_point_has():
+    """A sweep whose seeds are still landing: budget 1 has two seeds, budget 2 one. The figure's title
+    must not claim two seeds for every point, nor hide that one-seed points spread over episodes."""
+    from raylam.eval.report import seed_spread
+
+    def row(method, budget, seed):
+        return {"task": "cheetah-run", "method": method, "num_labeled": budget, "seed": seed}
+
+    partial = [row("bc", 1, 0), row("bc", 1, 1), row("bc", 2, 0), row("laom", 1, 0), row("laom", 1, 1)]
+    assert seed_spread(partial, episodes=True) == ("mean ± std over 1–2 training seeds per point; "
+                                                   "on one seed, ± over its episodes")
+    assert seed_spread(partial[:2] + partial[3:], episodes=True) == "mean ± std over 2 training seeds"
+    assert seed_spread([row("bc", 1, 0), row("bc", 2, 0)], episodes=True) == \
+        "one training seed: ± is the std over its episodes"
+    assert seed_spread([row("bc", 1, 0), row("bc", 1, 1), row("bc", 2, 0), row("bc", 2, 1), row("bc", 4, 2)],
+                       episodes=False) == "mean ± std over 1–2 training seeds per point"

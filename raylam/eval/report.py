@@ -493,12 +493,21 @@ def returns_figure(rows: list[dict]):
             ax.set_ylabel("held-out action probe R²")
             ax.set_title(_wrap(f"{task} · held-out action probe (pooled R²)"), fontsize=9)
     _legend_below(fig, axes)
-    seeds = seeds_of(rows)
-    spread = (f"mean ± std over {len(seeds)} training seeds" if len(seeds) > 1
-              else "one training seed: ± is the std over its episodes" if data
-              else "one training seed")
-    fig.suptitle(spread, fontsize=9)
+    fig.suptitle(seed_spread([r for r in rows if r["method"] not in REFERENCE_METHODS], bool(data)), fontsize=9)
     return fig
+
+
+def seed_spread(rows: list[dict], episodes: bool) -> str:
+    """What a point's ± is, from how many training seeds its points have: a sweep whose seeds are
+    still landing has some points with several and some with one (``episodes``: the one-seed ones
+    are spread over rollout episodes)."""
+    counts = sorted({len(seeds_of(group)) or 1 for group in group_rows(rows)})
+    if not counts or counts[-1] == 1:
+        return "one training seed: ± is the std over its episodes" if episodes else "one training seed"
+    if counts == [counts[0]]:
+        return f"mean ± std over {counts[0]} training seeds"
+    single = "; on one seed, ± over its episodes" if episodes and counts[0] == 1 else ""
+    return f"mean ± std over {counts[0]}–{counts[-1]} training seeds per point{single}"
 
 
 def own_objective(row: dict) -> float | None:
