@@ -487,15 +487,15 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as err:  # a path the user named
         print(f"raylam {args.command}: {one_line(err)}", file=sys.stderr)
         return 2
-    except Exception as err:  # a node too small for what ran on it: one line, not Ray's pages
-        from raylam.cluster import OutOfMemory, memory_kill, out_of_memory
+    except Exception as err:  # the machine could not do it (out of memory, no Ray): one line, not Ray's pages
+        from raylam.cluster import MachineError, memory_kill, out_of_memory
 
-        memory = None if isinstance(err, OutOfMemory) else memory_kill(err)
+        memory = None if isinstance(err, MachineError) else memory_kill(err)
         if memory is not None:
             err = out_of_memory(f"a task of raylam {args.command}", memory)
-        elif not isinstance(err, OutOfMemory):
+        elif not isinstance(err, MachineError):
             raise
-        print(f"raylam {args.command}: out of memory: {one_line(err)}", file=sys.stderr)
+        print(f"raylam {args.command}: {one_line(err)}", file=sys.stderr)
         return 1
 
 

@@ -21,25 +21,32 @@ def connect(runtime_env: dict | None = None) -> None:
     local one (with ``runtime_env``, :func:`raylam.console.local_runtime_env`): the CLI's single
     ``ray.init``.
 
-    A local start is tried twice: Ray 2.60 gives a new raylet a fixed 30 s to register
-    (``node.py``), which a busy laptop or CI machine can miss; the half-started processes of the
-    first try are killed before the second."""
+    A local start is tried up to three times: Ray 2.60 gives a new raylet a fixed 30 s to register
+    (``node.py``), which a busy laptop or CI machine can miss (twice in a row seen here, with a
+    training job beside the test suite); the half-started processes of a failed try are killed
+    before the next. Three misses are a :class:`MachineError`, said in one line."""
     import ray
 
     if ray.is_initialized():
         return
     started = _child_pids()
-    try:
-        ray.init(runtime_env=runtime_env)
-    except Exception as exc:  # Ray raises a bare Exception here
-        if not starts_local_ray() or RAY_START_TIMEOUT not in str(exc):
-            raise
-        print(f"Ray's local start timed out ({exc}); killing its processes and starting it once more",
-              file=sys.stderr, flush=True)
-        _kill_children_except(started)
-        ray.init(runtime_env=runtime_env)
+    for attempt in range(1, LOCAL_START_TRIES + 1):
+        try:
+            ray.init(runtime_env=runtime_env)
+            return
+        except Exception as exc:  # Ray raises a bare Exception here
+            if not starts_local_ray() or RAY_START_TIMEOUT not in str(exc):
+                raise
+            _kill_children_except(started)
+            if attempt == LOCAL_START_TRIES:
+                raise MachineError(
+                    f"Ray's local start timed out {LOCAL_START_TRIES} times (Ray 2.60 gives a new raylet a fixed 30 s "
+                    "to register): this machine is too busy now; run again when it is quieter") from None
+            print(f"Ray's local start timed out ({exc}); killed its processes, starting it again "
+                  f"(try {attempt + 1} of {LOCAL_START_TRIES})", file=sys.stderr, flush=True)
 
 
+LOCAL_START_TRIES = 3
 RAY_START_TIMEOUT = "timed out during startup"  # ray/_private/node.py, Ray 2.60
 
 
@@ -51,10 +58,14 @@ def starts_local_ray() -> bool:
 OOM_RETRIES_ENV = "RAY_task_oom_retries"
 
 
-class OutOfMemory(RuntimeError):
-    """Ray's memory monitor killed a task of this job more often than ``oom_retries`` allows. Not a
-    :class:`~raylam.config.UserError` (nothing asked for was wrong) but said in one line all the
-    same: what was killed, the node's memory, and what to change."""
+class MachineError(RuntimeError):
+    """Nothing asked for was wrong, but the machine or cluster could not do it (out of memory, a Ray
+    that would not start). Not a :class:`~raylam.config.UserError` (exit 1, not 2), but said in one
+    line all the same: what failed, and what to change."""
+
+
+class OutOfMemory(MachineError):
+    """Ray's memory monitor killed a task of this job more often than ``oom_retries`` allows."""
 
 
 def limit_oom_retries(retries: int) -> None:
@@ -91,7 +102,7 @@ def out_of_memory(what: str, memory: str) -> OutOfMemory:
     retries = os.environ.get(OOM_RETRIES_ENV, "")
     times = f" {int(retries) + 1} times" if retries.isdigit() else ""
     return OutOfMemory(
-        f"{what} was killed by Ray's memory monitor{times} (node memory {memory}); run fewer stages or workers at "
+        f"out of memory: {what} was killed by Ray's memory monitor{times} (node memory {memory}); run fewer stages or workers at "
         "once (concurrent_stages, train.num_workers) or use a node with more memory; finished stages are kept and a "
         "rerun goes on from them")
 

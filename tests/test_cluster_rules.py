@@ -138,3 +138,30 @@ def test_a_local_ray_start_that_times_out_is_tried_once_more(monkeypatch, capsys
     with pytest.raises(Exception, match="timed out during startup"):
         cluster.connect()
     assert len(tries) == 1
+
+
+def test_a_local_ray_that_never_starts_is_one_line(monkeypatch, capsys, tmp_path):
+    """Three timed-out starts in a row: every try's processes are killed and the command ends with
+    one line and exit 1 (the machine, not the input, is at fault), not Ray's traceback."""
+    import subprocess
+    import sys
+
+    import ray
+
+    tries, children = [], []
+
+    def init(**kwargs):
+        tries.append(kwargs)
+        children.append(subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"]))
+        raise Exception("The current node timed out during startup. This could happen because ...")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", init)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert main(["collect", "--config", str(ROOT / "configs" / "quickstart.yaml"), f"collect.output={tmp_path / 'data'}"]) == 1
+    assert len(tries) == 3
+    assert all(child.wait(timeout=60) is not None for child in children)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == ("raylam collect: Ray's local start timed out 3 times (Ray 2.60 gives a new raylet a fixed 30 s "
+                       "to register): this machine is too busy now; run again when it is quieter")
+    assert not any("Traceback" in line for line in err)
