@@ -137,21 +137,25 @@ def test_heldout_shards_are_separate(ray_local, tmp_path):
 
 
 @pytest.mark.slow
-def test_killed_collection_resumes_without_duplicates(tmp_path):
-    """SIGKILL the whole `raylam collect` process group once a shard is whole, then rerun."""
+def test_killed_collection_resumes_without_duplicates(ray_local, tmp_path):
+    """SIGKILL the `raylam collect` driver once a shard is whole, then rerun: the driver lost on a
+    cluster (a node gone, `ray job stop`). Both runs join the session's Ray rather than start their
+    own: a second local Ray started beside the suite's on a busy 2-core CI machine missed Ray's fixed
+    30 s raylet registration three times in a row, which tested the machine, not the resume."""
     out = tmp_path / "killed"
     overrides = [f"collect.output={out}", "collect.episodes=4", "collect.episodes_per_shard=1",
                  "collect.num_workers=1", "collect.num_labeled=2", "collect.progress=false",
-                 "collect.env.image_size=32", "collect.env.episode_length=40", "collect.clip_length=16"]
+                 "collect.env.image_size=32", "collect.env.episode_length=40", "collect.clip_length=16",
+                 "shared_filesystem=true"]  # a cluster raylam did not start: local paths must be said shared
     config = tmp_path / "collect.yaml"
     config.write_text("collect: {}  # the defaults, changed by the overrides below\n")
     cmd = [sys.executable, "-m", "raylam.cli", "collect", "--config", str(config), *overrides]
-    env = {**os.environ, "RAY_ADDRESS": "local"}
+    env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address}
     log = tmp_path / "first_run.log"
     with open(log, "w") as sink:
         proc = subprocess.Popen(cmd, start_new_session=True, env=env, stdout=sink, stderr=subprocess.STDOUT)
     try:
-        deadline = time.time() + 600  # a loaded CI machine starts Ray in minutes
+        deadline = time.time() + 600  # a loaded CI machine renders and schedules slowly
         while time.time() < deadline and not list(out.glob("shard-*.tar")):
             assert proc.poll() is None, f"collection ended before it could be killed:\n{log.read_text()[-3000:]}"
             time.sleep(0.2)
