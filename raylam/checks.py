@@ -71,31 +71,30 @@ def check_background_dir(path: str | None, key: str) -> None:
                           ".mp4 files, docs/DAVIS.md)")
 
 
-def check_label_budget(dataset: str, num_labeled: int | None, key: str) -> None:
-    """A label budget larger than the dataset's labeled episodes fails now, when the dataset exists
-    (a dataset that a pipeline collects first is checked by the stage itself)."""
-    if num_labeled is None:
-        return
+def existing_dataset(dataset: str):
+    """The dataset's :class:`DatasetInfo` when it exists now, else None (a dataset that a pipeline
+    collects first is checked by the stage itself, once it is there). Read once per dataset: on
+    object storage each read is a round trip before Ray starts."""
     from raylam.data.pipeline import DatasetInfo
 
     try:
-        info = DatasetInfo(dataset)
+        return DatasetInfo(dataset)
     except (FileNotFoundError, OSError):
+        return None
+
+
+def check_label_budget(info, num_labeled: int | None, key: str) -> None:
+    """A label budget larger than the dataset's labeled episodes fails now, not in the stage."""
+    if num_labeled is None:
         return
     have = len(info.manifest["labeled_episodes"])
     if num_labeled > have:
-        raise ConfigError(f"{key}: got {num_labeled}, but dataset {dataset} has {have} labeled episodes")
+        raise ConfigError(f"{key}: got {num_labeled}, but dataset {info.uri} has {have} labeled episodes")
 
 
-def check_dataset_fits(dataset: str, model, key: str) -> None:
+def check_dataset_fits(info, model, key: str) -> None:
     """The stage's model reads the dataset's frames (size, channels, window overlap): fail now, not
-    in the stage's task once Ray has started (a dataset not there yet is the stage's to check)."""
-    from raylam.data.pipeline import DatasetInfo
-
-    try:
-        info = DatasetInfo(dataset)
-    except (FileNotFoundError, OSError):
-        return
+    in the stage's task once Ray has started."""
     try:
         info.check_model(model)
     except ConfigError as err:
@@ -110,20 +109,14 @@ def heldout_hint(manifest: dict) -> str:
     return "collect with collect.heldout_episodes > 0"
 
 
-def check_heldout(dataset: str, eval_every: int, key: str) -> None:
+def check_heldout(info, eval_every: int, key: str) -> None:
     """A stage that evaluates every ``eval_every`` steps reads the dataset's held-out split: fail now,
-    before Ray starts, when the dataset exists and has none (a pipeline's dataset is checked once collected)."""
+    before Ray starts, when it has none."""
     if not eval_every:
         return
-    from raylam.data.pipeline import DatasetInfo
-
-    try:
-        manifest = DatasetInfo(dataset).manifest
-    except (FileNotFoundError, OSError):
-        return
-    if not manifest["splits"].get("heldout"):
-        raise ConfigError(f"{key}: got {eval_every}, but dataset {dataset} has no held-out episodes to evaluate on; "
-                          f"{heldout_hint(manifest)}, or set train.eval_every=0")
+    if not info.manifest["splits"].get("heldout"):
+        raise ConfigError(f"{key}: got {eval_every}, but dataset {info.uri} has no held-out episodes to evaluate on; "
+                          f"{heldout_hint(info.manifest)}, or set train.eval_every=0")
 
 
 def check_experiment(exp, command: str) -> None:
@@ -138,16 +131,19 @@ def check_experiment(exp, command: str) -> None:
         check_output_dir(exp.train.storage_path, "train.storage_path")
         check_reachable(exp.train.storage_path, "train.storage_path")
     if trains:
-        seen = set()
+        datasets = {}  # dataset -> its DatasetInfo, or None when it is not there yet
         for i, entry in enumerate(exp.stages):
             stage = exp.stage(i)
-            if stage.dataset not in seen:
+            if stage.dataset not in datasets:
                 check_reachable(stage.dataset, f"stages[{i}] ({entry['run_name']}).dataset")
-                seen.add(stage.dataset)
-            if stage.kind.trains and (not collects or stage.dataset != exp.collect.output):  # pipeline: collected first
-                check_label_budget(stage.dataset, stage.num_labeled, f"stages[{i}] ({entry['run_name']}).num_labeled")
-                check_heldout(stage.dataset, stage.eval_every, f"stages[{i}] ({entry['run_name']}).eval_every")
-                check_dataset_fits(stage.dataset, stage.model, f"stages[{i}] ({entry['run_name']}).model")
+                collected_first = collects and stage.dataset == exp.collect.output
+                datasets[stage.dataset] = None if collected_first else existing_dataset(stage.dataset)
+            info = datasets[stage.dataset]
+            if stage.kind.trains and info is not None:
+                where = f"stages[{i}] ({entry['run_name']})"
+                check_label_budget(info, stage.num_labeled, f"{where}.num_labeled")
+                check_heldout(info, stage.eval_every, f"{where}.eval_every")
+                check_dataset_fits(info, stage.model, f"{where}.model")
     if command in ("evaluate", "pipeline"):
         check_output_dir(exp.evaluate.output, "evaluate.output")
         check_reachable(exp.evaluate.output, "evaluate.output")

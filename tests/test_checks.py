@@ -119,3 +119,19 @@ def test_a_model_that_does_not_fit_the_dataset_fails_before_ray(capsys, dataset,
     fails_with(capsys, [*common, "train.model.image_size=32", "train.model.max_offset=8"],
                f"stages[0] (laom_sup).model: dataset {dataset} has clips overlapping by 4 frames; windows with "
                "frame_stack 3 and max_offset 8 need >= 10")
+
+
+def test_a_dataset_is_read_once_for_all_its_stages(dataset, monkeypatch, tmp_path):
+    """Sixteen stages on one dataset: its manifest is read once before Ray starts, not three times a
+    stage (on object storage each read is a round trip)."""
+    import raylam.data.pipeline as pipeline
+    from raylam.checks import check_experiment
+
+    reads = []
+    real = pipeline.load_manifest
+    monkeypatch.setattr(pipeline, "load_manifest", lambda location: reads.append(location) or real(location))
+    exp = load_experiment(QUICKSTART, [f"train.dataset={dataset}", f"train.storage_path={tmp_path}", "train.num_labeled=2",
+                                       "train.model.image_size=32", "train.model.max_offset=1"])
+    assert len({exp.stage(i).dataset for i in range(len(exp.stages))}) == 1 and len(exp.stages) > 1
+    check_experiment(exp, "train")
+    assert len(reads) == 1
