@@ -11,6 +11,21 @@ os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 
 import pytest  # noqa: E402
 
+from raylam.cluster import OOM_RETRIES_ENV  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def oom_retries_unchanged():
+    """A command run in-process sets ``RAY_task_oom_retries`` for the Ray it would start
+    (:func:`raylam.cluster.limit_oom_retries`); put it back, so a Ray the session starts later gets
+    the same setting whichever tests ran before it."""
+    before = os.environ.get(OOM_RETRIES_ENV)
+    yield
+    if before is None:
+        os.environ.pop(OOM_RETRIES_ENV, None)
+    else:
+        os.environ[OOM_RETRIES_ENV] = before
+
 
 @pytest.fixture(scope="session")
 def ray_local():
