@@ -282,3 +282,26 @@ def test_the_curve_says_how_many_seeds_each_point_has():
         "one training seed: ± is the std over its episodes"
     assert seed_spread([row("bc", 1, 0), row("bc", 1, 1), row("bc", 2, 0), row("bc", 2, 1), row("bc", 4, 2)],
                        episodes=False) == "mean ± std over 1–2 training seeds per point"
+
+
+def test_the_curve_table_has_a_line_per_budget_and_says_each_points_seeds(tmp_path, dataset):
+    """The figure's points as a table (budgets down, methods across): mean ± std (seeds) over the
+    seeds that ran the cell, a seed's own episode spread where one did, a dash where none did."""
+    for seed in (0, 1):
+        write_evaluation(tmp_path / f"seed{seed}-n1", dataset, seed, 1)
+    write_evaluation(tmp_path / "seed0-n4", dataset, 0, 4, methods=("laom_sup", "laom", "lapo", "bc"))
+    rows = report.merge_results([str(tmp_path)])["rows"]
+    tables = report.curve_tables(rows)
+    assert [heading.split(": ", 1)[1] for heading, *_ in tables] == [
+        "synthetic · vanilla", f"synthetic · {HARD} · paper protocol: train backgrounds",
+        f"synthetic · {HARD} · held-out backgrounds"]
+    _, header, lines = tables[1]
+    assert header == ["labeled", *METHODS]
+    assert [cells[0] for cells in lines] == ["1", "4"]
+    one = [normalized("lapo", 1, s, f"{HARD}/train") for s in (0, 1)]
+    assert lines[0][header.index("lapo")] == f"{np.mean(one):.3f} ± {np.std(one):.3f} (2)"
+    assert lines[1][header.index("bc")] == f"{normalized('bc', 4, 0, f'{HARD}/train'):.3f} ± 0.020 (1)"
+    assert lines[1][header.index("idm")] == "—"
+    text = open(report.write_report(report.merge_results([str(tmp_path)]), str(tmp_path / "out"))).read()
+    assert f"## {tables[1][0]}" in text
+    assert report.curve_tables([r for r in rows if r["num_labeled"] in (1, None)]) == []  # one budget: no curve

@@ -312,6 +312,32 @@ def seed_table_rows(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
     return header, lines
 
 
+def curve_tables(rows: list[dict]) -> list[tuple[str, list[str], list[list[str]]]]:
+    """The figure's curves as tables, one per task x rollout setting: a line per label budget, a
+    column per method, ``mean ± std (n)`` with ``n`` the training seeds behind the point (± over
+    seeds when n > 1, else over that seed's episodes), so a reader sees which cells are still
+    missing. Only when the results hold several budgets."""
+    if len({r["num_labeled"] for r in rows if r["method"] not in REFERENCE_METHODS}) < 2:
+        return []
+    curves, settings = aggregate_returns(rows), _settings(rows)
+    tables = []
+    for task, setting in sorted(curves, key=lambda key: (key[0], settings.index(key[1]))):
+        methods = curves[(task, setting)]
+        names = [m for m in _order(methods) if m not in REFERENCE_METHODS]
+        points = {m: {budget: (mean, std, n) for budget, mean, std, n in methods[m]} for m in names}
+        budgets = sorted({b for m in names for b in points[m]})
+        lines = []
+        for budget in budgets:
+            cells = [str(budget)]
+            for m in names:
+                point = points[m].get(budget)
+                cells.append("—" if point is None else f"{point[0]:.3f} ± {point[1]:.3f} ({point[2]})")
+            lines.append(cells)
+        heading = f"Normalized return against labeled trajectories: {task} · {condition_label(setting, rows)}"
+        tables.append((heading, ["labeled", *names], lines))
+    return tables
+
+
 def _fmt(value, digits: int) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "—"
@@ -686,7 +712,7 @@ def _render_report(results: dict, output: str, strips: dict | None) -> None:
                 label = condition_label(setting, rows)
                 save_strip(frames, os.path.join(output, name), f"{method} acting · {label}")
                 strip_files.append((name, f"{method} · {label}"))
-    tables = [("", *table_rows(rows))]
+    tables = [("", *table_rows(rows)), *curve_tables(rows)]
     if any(len(g) > 1 for g in group_rows(rows)):
         tables.append(("Per training seed", *seed_table_rows(rows)))
     title = f"raylam report: {results.get('experiment', '')}"
