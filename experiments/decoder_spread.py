@@ -4,7 +4,9 @@ A decoded policy is latent BC (frames -> latent) followed by the action decoder 
 the decoder fitted on the budget's labeled episodes. Where the policy's latent carries little of the
 action, a decoder fitted on many labels regresses to the mean action (small spread, lower MSE),
 and one fitted on a single episode does not. Prints, for each method and budget, the per-dim std
-of the decoded actions, their mean |a| and MSE to the expert's actions, beside BC's.
+of the decoded actions, their mean |a| and MSE to the expert's actions, beside BC's; and, to tell
+the decoder's error from latent BC's, the decoder's MSE when fed the LAM's own latent of the true
+(o_t, o_t+1) and how much of that latent latent BC predicts from o_t alone (R²).
 
     python experiments/decoder_spread.py --root runs/label_curve --seed 0 --budgets labels1 labelsall
 """
@@ -36,10 +38,15 @@ def heldout_windows(dataset: str, shards: int) -> dict[str, np.ndarray]:
     return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
 
 
-def describe(name: str, actions: np.ndarray, expert: np.ndarray) -> str:
+def describe(name: str, actions: np.ndarray, expert: np.ndarray, upstream: str = "— | —") -> str:
     spread = actions.std(0)
     return (f"| {name} | {' '.join(f'{s:.2f}' for s in spread)} | {spread.mean():.2f} | "
-            f"{np.abs(actions).mean():.2f} | {((actions - expert) ** 2).mean():.3f} |")
+            f"{np.abs(actions).mean():.2f} | {((actions - expert) ** 2).mean():.3f} | {upstream} |")
+
+
+def r2(predicted: np.ndarray, target: np.ndarray) -> float:
+    """Pooled R² of ``predicted`` against ``target`` over every dim."""
+    return float(1 - ((predicted - target) ** 2).sum() / ((target - target.mean(0)) ** 2).sum())
 
 
 def main() -> None:
@@ -56,7 +63,8 @@ def main() -> None:
                            if v.dtype != object}, torch.device("cpu"))
     expert = windows["actions"].astype(np.float32)
     print(f"{len(expert)} held-out windows\n")
-    print("| policy | action std per dim | mean std | mean abs action | MSE to expert |\n|---|---|---|---|---|")
+    print("| policy | action std per dim | mean std | mean abs action | MSE to expert | MSE, decoder on the LAM's "
+          "own latent | latent BC's R² to that latent |\n|---|---|---|---|---|---|---|")
     print(describe("expert", expert, expert))
     seed = f"seed{args.seed}"
     with torch.no_grad():
@@ -65,10 +73,17 @@ def main() -> None:
                 # LAOM+sup's latent BC reads the budget's labels; LAOM's and LAPO's are shared by every budget
                 bc_dir = f"{args.root}/{budget}/{seed}/laom_sup_bc" if method == "laom_sup" \
                     else f"{args.root}/{seed}/{method}_bc"
+                lam_dir = f"{args.root}/{budget}/{seed}/laom_sup" if method == "laom_sup" else f"{args.root}/{seed}/{method}"
                 policy, _, _ = load_run(bc_dir, "cpu")
                 decoder, _, _ = load_run(f"{args.root}/{budget}/{seed}/{method}_decoder", "cpu")
-                actions = decoder.decode(policy.act(batch.obs).float()).clamp(-1, 1).numpy()
-                print(describe(f"{method} · {budget}", actions, expert))
+                lam, _, _ = load_run(lam_dir, "cpu")
+                predicted = policy.act(batch.obs).float()
+                actions = decoder.decode(predicted).clamp(-1, 1).numpy()
+                # the decoder's own error (fed the latents it was fitted on) apart from latent BC's
+                latent = lam.latent_action(batch.obs, batch.next_obs).float()
+                upstream = (f"{((decoder.decode(latent).clamp(-1, 1).numpy() - expert) ** 2).mean():.3f} | "
+                            f"{r2(predicted.numpy(), latent.numpy()):.2f}")
+                print(describe(f"{method} · {budget}", actions, expert, upstream))
             bc, _, _ = load_run(f"{args.root}/{budget}/{seed}/bc", "cpu")
             print(describe(f"bc · {budget}", bc.act(batch.obs).clamp(-1, 1).numpy(), expert))
 
