@@ -539,7 +539,7 @@ def plot(table, cfg: TuneConfig) -> bytes | None:
         ax.set_xlabel(x)
         ax.set_ylabel(cfg.metric)
         ax.grid(alpha=0.3)
-    if colour:
+    if colour and len(groups):  # no finished trial yet: nothing to name
         axes[0][0].legend(fontsize=8, title="hollow: stopped by ASHA", title_fontsize=8)
     fig.tight_layout()
     buf = io.BytesIO()
