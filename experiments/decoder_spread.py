@@ -21,6 +21,7 @@ import torch
 from raylam.data.pipeline import ClipsToWindows, DatasetInfo, WindowSpec
 from raylam.data.shards import iter_tar_samples
 from raylam.models.batch import rows_to_batch
+from raylam.models.probes import Moments
 from raylam.train.artifacts import load_run
 
 
@@ -44,10 +45,6 @@ def describe(name: str, actions: np.ndarray, expert: np.ndarray, upstream: str =
             f"{np.abs(actions).mean():.2f} | {((actions - expert) ** 2).mean():.3f} | {upstream} |")
 
 
-def r2(predicted: np.ndarray, target: np.ndarray) -> float:
-    """Pooled R² of ``predicted`` against ``target`` over every dim."""
-    return float(1 - ((predicted - target) ** 2).sum() / ((target - target.mean(0)) ** 2).sum())
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -70,19 +67,19 @@ def main() -> None:
     with torch.no_grad():
         for budget in args.budgets:
             for method in ("laom_sup", "laom", "lapo"):
-                # LAOM+sup's latent BC reads the budget's labels; LAOM's and LAPO's are shared by every budget
-                bc_dir = f"{args.root}/{budget}/{seed}/laom_sup_bc" if method == "laom_sup" \
-                    else f"{args.root}/{seed}/{method}_bc"
-                lam_dir = f"{args.root}/{budget}/{seed}/laom_sup" if method == "laom_sup" else f"{args.root}/{seed}/{method}"
-                policy, _, _ = load_run(bc_dir, "cpu")
+                # LAOM+sup and its latent BC read the budget's labels; LAOM's and LAPO's are shared by every budget
+                runs = f"{args.root}/{budget}/{seed}" if method == "laom_sup" else f"{args.root}/{seed}"
+                lam, _, _ = load_run(f"{runs}/{method}", "cpu")
+                policy, _, _ = load_run(f"{runs}/{method}_bc", "cpu")
                 decoder, _, _ = load_run(f"{args.root}/{budget}/{seed}/{method}_decoder", "cpu")
-                lam, _, _ = load_run(lam_dir, "cpu")
                 predicted = policy.act(batch.obs).float()
                 actions = decoder.decode(predicted).clamp(-1, 1).numpy()
                 # the decoder's own error (fed the latents it was fitted on) apart from latent BC's
                 latent = lam.latent_action(batch.obs, batch.next_obs).float()
+                latent_bc = Moments()
+                latent_bc.add(predicted, latent)
                 upstream = (f"{((decoder.decode(latent).clamp(-1, 1).numpy() - expert) ** 2).mean():.3f} | "
-                            f"{r2(predicted.numpy(), latent.numpy()):.2f}")
+                            f"{latent_bc.pooled_r2():.2f}")
                 print(describe(f"{method} · {budget}", actions, expert, upstream))
             bc, _, _ = load_run(f"{args.root}/{budget}/{seed}/bc", "cpu")
             print(describe(f"bc · {budget}", bc.act(batch.obs).clamp(-1, 1).numpy(), expert))
