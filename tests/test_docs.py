@@ -39,3 +39,17 @@ def test_readme_is_a_front_door():
     for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text):
         if "://" not in target:
             assert os.path.exists(os.path.join(ROOT, target)), f"README links to {target}, which does not exist"
+
+
+def test_shipped_notebook_is_valid_nbformat():
+    """A cell without an id is a warning in nbformat today and, it says, a hard error in a later
+    release: the shipped notebook must open in the Jupyter a user installs next year too."""
+    import warnings
+
+    import nbformat
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        notebook = nbformat.read(os.path.join(ROOT, "notebooks", "analysis.ipynb"), as_version=4)
+        nbformat.validate(notebook)
+    assert all(cell.get("id") for cell in notebook.cells)
