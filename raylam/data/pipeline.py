@@ -179,8 +179,16 @@ def map_with_actor_pool(ds, fn, **kwargs):
         return ds.map_batches(fn, **kwargs, **actor_pool_options(ds.map_batches))
 
 
+# An actor pool (labeling, probes) replaces this many actors in a row that die while starting
+# before it fails the stage. Ray Data's default, 0, fails a pipeline hours in on one labeling actor
+# lost as it loaded the LAM (seen here on a loaded 2-core machine); a constructor that always fails
+# still fails the stage, after this many more tries.
+ACTOR_INIT_DEATHS_TOLERATED = 2
+
+
 def configure_data_context(progress: bool) -> None:
-    """Ray Data's per-dataset progress output, on or off, for datasets built after this call.
+    """Ray Data's per-dataset progress output, on or off, for datasets built after this call, and
+    its tolerance of actors that die while starting (:data:`ACTOR_INIT_DEATHS_TOLERATED`).
 
     A training run re-executes its datasets every epoch (and the held-out one at every
     evaluation); their progress bars and "execution finished" lines bury the training log, which
@@ -194,6 +202,7 @@ def configure_data_context(progress: bool) -> None:
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = progress
     ctx.print_on_execution_start = progress
+    ctx.max_consecutive_actor_init_deaths = ACTOR_INIT_DEATHS_TOLERATED
 
 
 def read_shards(info: DatasetInfo, spec: WindowSpec, split: str, labeled_only: bool, shuffle_seed: int | None,
