@@ -45,7 +45,6 @@ def describe(name: str, actions: np.ndarray, expert: np.ndarray, upstream: str =
             f"{np.abs(actions).mean():.2f} | {((actions - expert) ** 2).mean():.3f} | {upstream} |")
 
 
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", default="runs/label_curve", help="the experiment's run root")
