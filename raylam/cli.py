@@ -231,7 +231,9 @@ def cmd_evaluate(args) -> int:
     else:
         evaluate_methods(evaluation, roots, output, dataset=args.dataset, probes=probes, rollouts=rollouts,
                          experiment=cfg.name)
-    results = f"{output}/labels*/results.json (one per label budget)" if sweep else f"{output}/results.json"
+    cells = f"{output}/labels*/seed*/results.json (one per label budget and seed)" if cfg.seeds is not None else \
+        f"{output}/labels*/results.json (one per label budget)"
+    results = cells if sweep else f"{output}/results.json"
     print(f"results: {results}\nreport: {output}/report.md ({output}/report.html)")
     return 0
 

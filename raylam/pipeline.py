@@ -297,26 +297,44 @@ def run_pipeline(exp: ExperimentConfig, force: bool = False, methods: list[str] 
 
 
 def evaluate_budgets(exp: ExperimentConfig, output: str, **kwargs) -> dict:
-    """A label-budget sweep's evaluation: every budget of ``label_budgets`` into
-    ``<output>/labels<n>`` (its runs, and the shared label-free ones; every method row records the
-    budget), then one report over all budgets in ``output``, merged as ``raylam report`` merges
-    (no results.json of its own there, so ``raylam report <output>`` finds the budgets' files).
-    ``kwargs`` go to :func:`~raylam.eval.evaluate.evaluate_methods`. Returns the merged results."""
+    """A label-budget sweep's evaluation: one evaluation per cell (:func:`budget_cells`), each
+    into its own folder (its runs, and the shared label-free ones; every method row records the
+    budget), then one report in ``output`` over every cell there, this invocation's and earlier
+    ones' (other seeds and budgets run one cell per invocation), merged as ``raylam report``
+    merges. ``output`` gets no results.json of its own, so ``raylam report <output>`` finds the
+    cells' files. ``kwargs`` go to :func:`~raylam.eval.evaluate.evaluate_methods`. Returns the
+    merged results."""
     from raylam.eval.evaluate import evaluate_methods
-    from raylam.eval.report import merge_results, write_report
+    from raylam.eval.report import merge_results, results_below, write_report
 
     # runs every budget shares are probed, and references rolled out, once: in this invocation (memo)
     # and in later ones that evaluate other budgets into the same output (the cache folder)
-    outputs, memo, cache = [], {}, f"{output.rstrip('/')}/{EVAL_CACHE}"
-    for budget in exp.label_budgets:
-        out = f"{output.rstrip('/')}/{budget_dir(budget)}"
-        print(f"== evaluate label budget {'all' if budget is None else budget} -> {out}", flush=True)
-        evaluate_methods(exp.evaluate, exp.run_dirs(budget), out, experiment=exp.name, num_labeled=budget, memo=memo,
+    memo, cache = {}, f"{output.rstrip('/')}/{EVAL_CACHE}"
+    for budget, seed, run_dirs, out in budget_cells(exp, output):
+        cell = f"label budget {'all' if budget is None else budget}" + ("" if seed is None else f", seed {seed}")
+        print(f"== evaluate {cell} -> {out}", flush=True)
+        evaluate_methods(exp.evaluate, run_dirs, out, experiment=exp.name, num_labeled=budget, memo=memo,
                          cache=cache, **kwargs)
-        outputs.append(out)
-    merged = merge_results(outputs)
+    cells = results_below(output, folder="labels")  # this invocation's cells and earlier ones'
+    merged = merge_results(cells)
     merged["experiment"] = exp.name
     write_report(merged, output)
-    print(f"== report over label budgets {', '.join(str(b or 'all') for b in exp.label_budgets)} -> "
-          f"{output}/report.md", flush=True)
+    print(f"== report over {len(cells)} evaluation(s) in {output} -> {output}/report.md", flush=True)
     return merged
+
+
+def budget_cells(exp: ExperimentConfig, output: str) -> list[tuple[int | None, int | None, dict, str]]:
+    """``(budget, seed, run_dirs, folder)`` of every evaluation a sweep writes. An experiment that
+    names its ``seeds`` gets one folder per (budget, seed), ``<output>/labels<n>/seed<k>``, as its
+    runs have one run root per seed: a later invocation with another seed at the same budget adds a
+    cell beside the first instead of replacing it. With only ``train.seed``, the budget's folder."""
+    cells = []
+    for budget in exp.label_budgets:
+        folder = f"{output.rstrip('/')}/{budget_dir(budget)}"
+        dirs = exp.run_dirs(budget)
+        if exp.seeds is None:
+            cells.append((budget, None, dirs, folder))
+        else:
+            cells += [(budget, seed, {seed: runs}, f"{folder}/seed{seed}") for seed, runs in dirs.items()]
+    return cells
+

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from raylam.cli import main
-from raylam.config import ConfigError, from_dict
+from raylam.config import ConfigError, from_dict, to_dict
 from raylam.data.synthetic import write_synthetic_dataset
 from raylam.eval.evaluate import run_path
 from raylam.experiment import ExperimentConfig, load_experiment
@@ -129,11 +129,12 @@ def test_the_documented_budget_config_loads():
     assert "raylam pipeline --config configs/budgets_quickstart.yaml" in (ROOT / "docs" / "evaluation.md").read_text()
 
 
-def tiny_sweep(tmp: Path) -> ExperimentConfig:
-    """LAOM -> relabel -> latent BC (label-free), an action decoder and BC (per budget), budgets 1 and 2."""
+def tiny_sweep(tmp: Path, **changes) -> ExperimentConfig:
+    """LAOM -> relabel -> latent BC (label-free), an action decoder and BC (per budget), budgets 1 and 2;
+    ``changes`` replace top-level fields."""
     small = {"image_size": 32, "encoder_scale": 1, "encoder_blocks": 1, "latent_dim": 16, "hidden_dim": 32,
              "head_blocks": 1, "decoder_hidden": 16, "max_offset": 2, "augment": False, "warmup_fraction": 0.0}
-    return from_dict(ExperimentConfig, {
+    return from_dict(ExperimentConfig, {**{
         "name": "sweep", "label_budgets": [1, 2],
         "collect": {"output": str(tmp / "data"), "num_labeled": 2, "episodes": 3},
         "train": {"dataset": str(tmp / "data"), "storage_path": str(tmp / "runs"), "model": small, "steps": 2,
@@ -149,7 +150,7 @@ def tiny_sweep(tmp: Path) -> ExperimentConfig:
         "evaluate": {"methods": [{"name": "laom", "lam": "laom", "policy": "laom_bc", "decoder": "laom_decoder"},
                                  {"name": "bc", "policy": "bc"}],
                      "probe": {"max_fit_windows": 64, "batch_size": 32}, "rollout": {"episodes": 0}},
-    })
+    }, **changes})
 
 
 def test_pipeline_sweeps_budgets_sharing_label_free_runs(ray_local, tmp_path, monkeypatch, capsys):
@@ -195,4 +196,41 @@ def test_pipeline_sweeps_budgets_sharing_label_free_runs(ray_local, tmp_path, mo
     again = [json.loads((Path(out["output"]) / f"labels{b}" / "results.json").read_text())["rows"] for b in (1, 2)]
     assert [r["probe"] for r in again[1] if r["method"] == "laom"] == [r["probe"] for r in probes[0] if r["method"] == "laom"]
     assert main(["report", out["output"], "-o", str(tmp_path / "merged")]) == 0
+    assert "2 results.json merged" in capsys.readouterr().out
+
+
+def test_cells_of_named_seeds_run_one_per_invocation_accumulate(ray_local, tmp_path, monkeypatch, capsys):
+    """`--seeds 0 "label_budgets=[1]"`, then `--seeds 1` at the same budget (one cell per run, as
+    experiments/label_curve.yaml runs): each (budget, seed) is evaluated into its own folder, the
+    second run adds its cell beside the first instead of replacing it, and the sweep's report
+    merges both seeds."""
+    from raylam.pipeline import run_pipeline
+
+    manifest = write_synthetic_dataset(str(tmp_path / "data"), episodes=3, heldout_episodes=1, episode_length=24,
+                                       image_size=32, clip_length=16, overlap=6, num_labeled=2)
+    monkeypatch.setattr("raylam.data.collect.collect", lambda cfg: manifest)  # the synthetic data stand in
+
+    def cell(seed: int) -> ExperimentConfig:  # a LAM every budget shares, and BC on the budget's labels
+        exp = tiny_sweep(tmp_path, seeds=[seed], label_budgets=[1])
+        return tiny_sweep(tmp_path, seeds=[seed], label_budgets=[1],
+                          stages=[s for s in exp.stages if s["run_name"] in ("laom", "bc")],
+                          evaluate={**to_dict(exp.evaluate), "methods": [{"name": "laom", "lam": "laom"},
+                                                                         {"name": "bc", "policy": "bc"}]})
+
+    first = run_pipeline(cell(0))
+    output = Path(first["output"])
+    assert json.loads((output / "labels1" / "seed0" / "results.json").read_text())["seeds"] == [0]
+    second = run_pipeline(cell(1))
+    assert second["output"] == first["output"]
+    for seed in (0, 1):  # the first cell is still there, next to the second
+        results = json.loads((output / "labels1" / f"seed{seed}" / "results.json").read_text())
+        assert results["seeds"] == [seed] and results["num_labeled"] == [1]
+        assert sorted(r["method"] for r in results["rows"]) == ["bc", "laom"]
+        assert {r["seed"] for r in results["rows"]} == {seed}
+    assert not (output / "labels1" / "results.json").exists() and not (output / "results.json").exists()
+    merged = second["results"]
+    assert sorted((r["method"], r["seed"]) for r in merged["rows"]) == [("bc", 0), ("bc", 1), ("laom", 0), ("laom", 1)]
+    assert "== report over 2 evaluation(s)" in capsys.readouterr().out
+    assert (output / "report.md").is_file()
+    assert main(["report", str(output), "-o", str(tmp_path / "merged")]) == 0
     assert "2 results.json merged" in capsys.readouterr().out

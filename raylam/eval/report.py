@@ -60,11 +60,26 @@ def find_results(path: str) -> list[str]:
 
     if location.exists(RESULTS):
         return [location.url(RESULTS) if "://" in path else os.path.join(path, RESULTS)]
+    return results_below(path)
+
+
+def results_below(path: str, folder: str = "") -> list[str]:
+    """Every ``results.json`` below the folder ``path`` (on any storage), sorted, as paths the reader
+    resolves; ``folder``: only those whose first folder below ``path`` starts with it (a label-budget
+    sweep's ``labels``)."""
     import pyarrow.fs as pafs
 
+    from raylam.eval.evaluate import RESULTS
+
+    location = resolve(path)
     selector = pafs.FileSelector(location.root, recursive=True, allow_not_found=True)
-    found = sorted(info.path for info in location.fs.get_file_info(selector)
-                   if info.type == pafs.FileType.File and info.base_name == RESULTS)
+    found = []
+    for info in location.fs.get_file_info(selector):
+        relative = info.path[len(location.root):].lstrip("/")
+        if info.type == pafs.FileType.File and info.base_name == RESULTS and "/" in relative \
+                and relative.startswith(folder):
+            found.append(info.path)
+    found.sort()
     if "://" in path and not path.startswith("file://"):  # back to URIs the reader resolves
         prefix = path.split("://", 1)[0] + "://"
         found = [prefix + f for f in found]
