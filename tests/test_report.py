@@ -209,6 +209,34 @@ def many_rows(info: DatasetInfo, tmp_path, budgets, tasks=("cheetah-run",)) -> l
     return rows
 
 
+def test_return_panels_zoom_in_when_every_policy_is_far_below_the_expert(tmp_path, dataset):
+    """Policies at a tenth of the expert's return would lie flat on the floor of a panel drawn to the
+    expert's scale: the panel's y axis then spans the methods (and random) only, and its title says
+    where the expert is. Methods within reach of the expert keep it on the axis."""
+    rows = []
+    for budget in (1, 4, 16):
+        folder = tmp_path / f"labels{budget}"
+        write_evaluation(folder, dataset, 0, budget)
+        rows += resolve(str(folder)).read_json(RESULTS)["rows"]
+    near = report.returns_figure(rows)
+    for ax in near.axes[:3]:  # the methods reach 0.5 against the expert's 0.6: one scale shows both
+        assert ax.get_ylim()[1] > 0.6 and "above the axis" not in ax.get_title()
+    for row in rows:
+        if row["method"] not in report.REFERENCE_METHODS:  # now at most 0.05 against the expert's 0.6
+            for r in row["rollouts"].values():
+                r["normalized_mean"] /= 10
+                r["normalized_std"] /= 10
+    far = report.returns_figure(rows)
+    highest = max(r["normalized_mean"] + r["normalized_std"] for row in rows for r in row["rollouts"].values()
+                  if row["method"] not in report.REFERENCE_METHODS)
+    for ax in far.axes[:3]:
+        bottom, top = ax.get_ylim()
+        assert highest < top < 0.6 - 0.02 and bottom < 0.02 - 0.02, (bottom, top)  # the random band is on it
+        assert "(expert 0.60, above the axis)" in ax.get_title().replace("\n", " ")
+    assert far.axes[3].get_ylim() == near.axes[3].get_ylim()  # the probe panel is not a return panel
+    assert_readable(far)
+
+
 @pytest.mark.parametrize("budgets", [(1, 4, 16), (16,)], ids=["curve", "one-budget"])
 def test_figures_read_with_many_conditions_and_methods(tmp_path, dataset, budgets):
     rows = many_rows(dataset, tmp_path, budgets)

@@ -521,14 +521,18 @@ def returns_figure(rows: list[dict]):
     for ax, (kind, task, setting) in zip(axes, panels, strict=True):
         if kind == "return":
             _draw_budget_panel(ax, data[(task, setting)], colors, budgets)
+            levels = references.get((task, setting), {})
             for ref, shade in (("expert", "0.25"), ("random", "0.6")):
-                level = references.get((task, setting), {}).get(ref)
-                if level is not None:
-                    mean, std = level
+                if ref in levels:
+                    mean, std = levels[ref]
                     ax.axhspan(mean - std, mean + std, color=shade, alpha=0.18, lw=0)
                     ax.axhline(mean, ls="--", lw=1, color=shade, label=f"{ref} (mean ± std)")
+            title = f"{task} · {condition_label(setting, rows)}"
+            above = _zoom_below_expert(ax, data[(task, setting)], levels)
+            if above is not None:
+                title += f" (expert {above:.2f}, above the axis)"
             ax.set_ylabel("normalized return")
-            ax.set_title(_wrap(f"{task} · {condition_label(setting, rows)}"), fontsize=9)
+            ax.set_title(_wrap(title), fontsize=9)
         else:
             _draw_budget_panel(ax, probes[task], colors, budgets)
             ax.set_ylabel("held-out action probe R²")
@@ -536,6 +540,29 @@ def returns_figure(rows: list[dict]):
     _legend_below(fig, axes)
     fig.suptitle(seed_spread([r for r in rows if r["method"] not in REFERENCE_METHODS], bool(data)), fontsize=9)
     return fig
+
+
+EXPERT_ZOOM = 3.0  # zoom in when the expert's band starts this many times above every method's highest point
+
+
+def _zoom_below_expert(ax, methods: dict, levels: dict) -> float | None:
+    """Limit a return panel's y axis to the methods and the random level when the expert scores
+    far above all of them: drawn to the expert's scale, policies at a tenth of it lie flat on the
+    floor and the curve's differences cannot be read. Returns the expert's level when it zoomed
+    (the panel's title says where the expert is), else None."""
+    points = [(mean, std) for pts in methods.values() for _, mean, std, _ in pts]
+    if "expert" not in levels or not points:
+        return None
+    highest = max(mean + std for mean, std in points)
+    expert_mean, expert_std = levels["expert"]
+    if highest <= 0 or expert_mean - expert_std < EXPERT_ZOOM * highest:
+        return None
+    lows = [mean - std for mean, std in points] + [0.0]
+    if "random" in levels:
+        lows.append(levels["random"][0] - levels["random"][1])
+    margin = 0.08 * (highest - min(lows))
+    ax.set_ylim(min(lows) - margin, highest + margin)
+    return expert_mean
 
 
 def seed_spread(rows: list[dict], episodes: bool) -> str:
