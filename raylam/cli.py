@@ -489,12 +489,16 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as err:  # a path the user named
         print(f"raylam {args.command}: {one_line(err)}", file=sys.stderr)
         return 2
-    except Exception as err:  # the machine could not do it (out of memory, no Ray): one line, not Ray's pages
-        from raylam.cluster import MachineError, memory_kill, out_of_memory
+    except Exception as err:  # the machine could not do it (out of memory, a killed process, no Ray): one line
+        from raylam.cluster import MachineError, memory_kill, out_of_memory, process_death
+        from raylam.console import verbose
 
         memory = None if isinstance(err, MachineError) else memory_kill(err)
+        death = None if isinstance(err, MachineError) or memory is not None else process_death(err)
         if memory is not None:
             err = out_of_memory(f"a task of raylam {args.command}", memory)
+        elif death is not None and not verbose():  # Ray's own error is pages long: --verbose keeps them
+            err = MachineError(death)
         elif not isinstance(err, MachineError):
             raise
         print(f"raylam {args.command}: {one_line(err)}", file=sys.stderr)

@@ -97,6 +97,40 @@ def memory_kill(err: BaseException) -> str | None:
     return None
 
 
+PROCESS_DEATHS = ("ActorDiedError", "WorkerCrashedError", "NodeDiedError", "OwnerDiedError")
+
+
+def process_death(err: BaseException) -> str | None:
+    """One line for ``err`` when it, or an error that led to it, says a Ray process died under the job
+    (an actor, a task's worker, a node): killed from outside raylam or crashed, nothing raylam's code
+    raised. None for any other error (a bug keeps its traceback)."""
+    import re
+
+    ray = sys.modules.get("ray")  # an error from Ray means Ray is imported
+    if ray is None:
+        return None
+    import ray.exceptions as rex
+
+    kinds = tuple(getattr(rex, name) for name in PROCESS_DEATHS if hasattr(rex, name))
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen and not isinstance(err, kinds):
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    if err is None or not isinstance(err, kinds):
+        return None
+    kind = next(k.__name__ for k in kinds if isinstance(err, k))
+    text = " ".join(str(err).split())
+    name, pid = re.search(r"class_name: (\S+)", text), re.search(r"\bpid: (\d+)", text)
+    what = f"actor {name[1].rsplit('.', 1)[-1]}" if name else "a worker" if kind != "NodeDiedError" else "a node"
+    what += f" (pid {pid[1]})" if pid else ""
+    exit_kind, detail = re.search(r"Worker exit type: (\w+)", text), re.search(r"Worker exit detail: (.+?)\.", text)
+    how = f", worker exit {exit_kind[1]}" + (f": {detail[1]}" if detail else "") if exit_kind else ""
+    return (f"a Ray process died under the job: {what}, {kind}{how}. It was killed from outside raylam (the kernel's "
+            "OOM killer: see `dmesg`; a node that left; `ray stop`) or crashed; its log is under Ray's session "
+            "folder (/tmp/ray/session_latest/logs by default) on its node. Finished stages are kept and a rerun "
+            "goes on from them; --verbose shows the traceback")
+
+
 def out_of_memory(what: str, memory: str) -> OutOfMemory:
     """The one line for ``what`` (a stage, a command) killed by Ray's memory monitor past its retries."""
     retries = os.environ.get(OOM_RETRIES_ENV, "")
