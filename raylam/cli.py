@@ -493,14 +493,15 @@ def main(argv: list[str] | None = None) -> int:
         from raylam.cluster import MachineError, memory_kill, out_of_memory, process_death
         from raylam.console import verbose
 
-        memory = None if isinstance(err, MachineError) else memory_kill(err)
-        death = None if isinstance(err, MachineError) or memory is not None else process_death(err)
-        if memory is not None:
-            err = out_of_memory(f"a task of raylam {args.command}", memory)
-        elif death is not None and not verbose():  # Ray's own error is pages long: --verbose keeps them
-            err = MachineError(death)
-        elif not isinstance(err, MachineError):
-            raise
+        if not isinstance(err, MachineError):
+            memory = memory_kill(err)
+            death = None if memory is not None or verbose() else process_death(err)  # --verbose: Ray's pages
+            if memory is not None:
+                err = out_of_memory(f"a task of raylam {args.command}", memory)
+            elif death is not None:
+                err = MachineError(death)
+            else:
+                raise
         print(f"raylam {args.command}: {one_line(err)}", file=sys.stderr)
         return 1
 

@@ -83,17 +83,25 @@ def limit_oom_retries(retries: int) -> None:
         os.environ[OOM_RETRIES_ENV] = str(retries)
 
 
+def error_chain(err: BaseException | None):
+    """``err``, then each error that led to it (``raise ... from``, or raised while handling), once each."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        yield err
+        err = err.__cause__ or err.__context__
+
+
 def memory_kill(err: BaseException) -> str | None:
     """The node's memory as Ray reported it ("22.40GB used / 23.54GB limit"), when ``err`` or an
     error that led to it is a kill by Ray's memory monitor; else None."""
     import re
 
-    while err is not None:
-        text = " ".join(str(err).split())
+    for cause in error_chain(err):
+        text = " ".join(str(cause).split())
         if "running low on memory" in text:
             found = re.search(r"was ([\d.]+ ?GB) used / ([\d.]+ ?GB)", text)
             return f"{found[1]} used of {found[2]}" if found else "above Ray's threshold"
-        err = err.__cause__ or err.__context__
     return None
 
 
@@ -112,11 +120,8 @@ def process_death(err: BaseException) -> str | None:
     import ray.exceptions as rex
 
     kinds = tuple(getattr(rex, name) for name in PROCESS_DEATHS if hasattr(rex, name))
-    seen: set[int] = set()
-    while err is not None and id(err) not in seen and not isinstance(err, kinds):
-        seen.add(id(err))
-        err = err.__cause__ or err.__context__
-    if err is None or not isinstance(err, kinds):
+    err = next((cause for cause in error_chain(err) if isinstance(cause, kinds)), None)
+    if err is None:
         return None
     kind = next(k.__name__ for k in kinds if isinstance(err, k))
     text = " ".join(str(err).split())

@@ -337,4 +337,3 @@ def budget_cells(exp: ExperimentConfig, output: str) -> list[tuple[int | None, i
         else:
             cells += [(budget, seed, {seed: runs}, f"{folder}/seed{seed}") for seed, runs in dirs.items()]
     return cells
-

@@ -211,11 +211,11 @@ def test_cells_of_named_seeds_run_one_per_invocation_accumulate(ray_local, tmp_p
     monkeypatch.setattr("raylam.data.collect.collect", lambda cfg: manifest)  # the synthetic data stand in
 
     def cell(seed: int) -> ExperimentConfig:  # a LAM every budget shares, and BC on the budget's labels
-        exp = tiny_sweep(tmp_path, seeds=[seed], label_budgets=[1])
+        base = tiny_sweep(tmp_path)
         return tiny_sweep(tmp_path, seeds=[seed], label_budgets=[1],
-                          stages=[s for s in exp.stages if s["run_name"] in ("laom", "bc")],
-                          evaluate={**to_dict(exp.evaluate), "methods": [{"name": "laom", "lam": "laom"},
-                                                                         {"name": "bc", "policy": "bc"}]})
+                          stages=[s for s in base.stages if s["run_name"] in ("laom", "bc")],
+                          evaluate={**to_dict(base.evaluate), "methods": [{"name": "laom", "lam": "laom"},
+                                                                          {"name": "bc", "policy": "bc"}]})
 
     first = run_pipeline(cell(0))
     output = Path(first["output"])
