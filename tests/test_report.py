@@ -148,6 +148,37 @@ def test_references_rolled_out_again_by_another_budget_count_once(tmp_path, data
     assert expert[header.index(f"normalized return ({HARD} · paper protocol: train backgrounds)")] == "0.600 ± 0.020"
 
 
+def test_the_same_runs_evaluated_twice_count_once_the_newer(tmp_path, dataset, capsys):
+    """A cell evaluated in the old budget-level folder and again in its per-seed folder, rolled out
+    anew (other returns): one seed's runs, so one row per method, the newer evaluation's, and a line
+    on stderr naming both files; another seed's cell at that budget still counts."""
+    old, new, other = tmp_path / "labels2", tmp_path / "labels2" / "seed0", tmp_path / "labels2" / "seed1"
+    write_evaluation(old, dataset, 0, 2, methods=("laom", "bc"))
+    write_evaluation(new, dataset, 0, 2, methods=("laom", "bc"))
+    write_evaluation(other, dataset, 1, 2, methods=("laom", "bc"))
+    for folder, created, shift in ((old, "2026-12-06T10:00:00+00:00", 0.0),
+                                   (new, "2026-12-07T10:00:00+00:00", 0.3), (other, "2026-12-07T11:00:00+00:00", 0.0)):
+        location = resolve(str(folder))
+        doc = location.read_json(RESULTS)
+        doc["created"] = created
+        for row in doc["rows"]:
+            if row["method"] != "expert" and row["method"] != "random":
+                for r in row["rollouts"].values():
+                    r["normalized_mean"] += shift
+        location.write_json(RESULTS, doc)
+    rows = report.merge_results([str(tmp_path)])["rows"]
+    laom = [r for r in rows if r["method"] == "laom"]
+    assert sorted(r["seed"] for r in laom) == [0, 1]
+    seed0 = next(r for r in laom if r["seed"] == 0)
+    assert seed0["source"] == str(new / RESULTS)
+    assert seed0["rollouts"][f"{HARD}/train"]["normalized_mean"] == pytest.approx(
+        normalized("laom", 2, 0, f"{HARD}/train") + 0.3)
+    err = capsys.readouterr().err
+    assert "laom (seed 0, 2 labeled) was evaluated twice" in err and str(old / RESULTS) in err
+    curve = report.aggregate_returns(rows)[("synthetic", f"{HARD}/train")]["bc"]
+    assert [(budget, n) for budget, *_, n in curve] == [(2, 2)]  # seeds 0 and 1, not 0 twice
+
+
 def test_pooled_r2_is_recovered_from_per_dim_results():
     """Results written before r2_pooled existed still give it: SST per dim from its MSE and R²."""
     mse, sst = [0.25, 0.5, 0.003], [1.0, 1.0, 0.001]  # the third dim barely varies: its R² is -2

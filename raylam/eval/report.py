@@ -17,6 +17,7 @@ import html
 import json
 import math
 import os
+import sys
 import textwrap
 from collections import defaultdict
 
@@ -91,7 +92,8 @@ def merge_results(paths: list[str]) -> dict:
     source): files, evaluation directories, folders of many evaluations or local globs (see
     :func:`find_results`). A row found twice (an evaluation's ``seed<k>/results.json`` repeats its
     rows; the references rolled out again, same seeds, by another budget's evaluation) counts once,
-    so a (method, budget, seed) cell is never weighted twice in a mean."""
+    and the same runs evaluated twice keep the newer evaluation, so a (method, budget, seed) cell is
+    never weighted twice in a mean."""
     from raylam.eval.evaluate import RESULTS_FORMAT
 
     if not paths:
@@ -103,21 +105,49 @@ def merge_results(paths: list[str]) -> dict:
             raise FileNotFoundError(f"{path}: no results.json there (an evaluation directory, a results.json, "
                                     "a folder holding evaluations or a glob of them)")
         files += [f for f in found if f not in files]
-    rows, rollout_configs, seen = [], [], set()
+    rows, rollout_configs, seen, created = [], [], set(), {}
     for path in files:
         results = load_results(path)
         rollout_configs.append((results.get("config") or {}).get("rollout"))
+        created[path] = str(results.get("created") or "")
         for row in results["rows"]:
             identity = json.dumps(_without_timings(row), sort_keys=True, default=str)
             if identity in seen:
                 continue
             seen.add(identity)
             rows.append({**row, "source": path})
+    rows = _newest_evaluation_of_each_run(rows, created)
     merged = {"format": RESULTS_FORMAT, "experiment": "merged", "sources": files,
               "seeds": sorted({r["seed"] for r in rows if r.get("seed") is not None}), "rows": rows}
     if rollout_configs[0] and all(c == rollout_configs[0] for c in rollout_configs):
         merged["config"] = {"rollout": rollout_configs[0]}  # the caption can describe the rollouts
     return merged
+
+
+def _newest_evaluation_of_each_run(rows: list[dict], created: dict[str, str]) -> list[dict]:
+    """Rows whose trained runs were evaluated twice with different outcomes (a cell rolled out again;
+    a folder evaluated before and after per-seed folders existed) are one cell, not two seeds: keep
+    the newer evaluation's row (by its file's ``created``, then its place in the list) and say so on
+    stderr, so that no (method, budget, seed) is weighted twice in a mean. The references (expert,
+    random) name no runs and stay pooled over evaluations."""
+    newest: dict[str, int] = {}
+    for index, row in enumerate(rows):
+        if not row.get("runs"):
+            continue
+        cell = json.dumps([row.get(k) for k in ("task", "dataset", "data", "method", "num_labeled", "seed")]
+                          + [row["runs"]], sort_keys=True, default=str)
+        if cell in newest:
+            kept = rows[newest[cell]]
+            older, newer = sorted((kept, row), key=lambda r: created.get(r["source"], ""))
+            print(f"report: {row['method']} (seed {row.get('seed')}, {row.get('num_labeled')} labeled) was "
+                  f"evaluated twice: {older['source']} and {newer['source']}; using the newer, "
+                  f"{newer['source']}", file=sys.stderr)
+            if newer is row:
+                newest[cell] = index
+        else:
+            newest[cell] = index
+    keep = set(newest.values())
+    return [row for index, row in enumerate(rows) if not row.get("runs") or index in keep]
 
 
 def _without_timings(value):
