@@ -150,8 +150,8 @@ def test_references_rolled_out_again_by_another_budget_count_once(tmp_path, data
 
 def test_the_same_runs_evaluated_twice_count_once_the_newer(tmp_path, dataset, capsys):
     """A cell evaluated in the old budget-level folder and again in its per-seed folder, rolled out
-    anew (other returns): one seed's runs, so one row per method, the newer evaluation's, and a line
-    on stderr naming both files; another seed's cell at that budget still counts."""
+    anew (other returns): one seed's runs, so one row per method, the newer evaluation's, and one
+    line on stderr naming both files; another seed's cell at that budget still counts."""
     old, new, other = tmp_path / "labels2", tmp_path / "labels2" / "seed0", tmp_path / "labels2" / "seed1"
     write_evaluation(old, dataset, 0, 2, methods=("laom", "bc"))
     write_evaluation(new, dataset, 0, 2, methods=("laom", "bc"))
@@ -162,7 +162,7 @@ def test_the_same_runs_evaluated_twice_count_once_the_newer(tmp_path, dataset, c
         doc = location.read_json(RESULTS)
         doc["created"] = created
         for row in doc["rows"]:
-            if row["method"] != "expert" and row["method"] != "random":
+            if row["method"] not in ("expert", "random"):
                 for r in row["rollouts"].values():
                     r["normalized_mean"] += shift
         location.write_json(RESULTS, doc)
@@ -174,7 +174,8 @@ def test_the_same_runs_evaluated_twice_count_once_the_newer(tmp_path, dataset, c
     assert seed0["rollouts"][f"{HARD}/train"]["normalized_mean"] == pytest.approx(
         normalized("laom", 2, 0, f"{HARD}/train") + 0.3)
     err = capsys.readouterr().err
-    assert "laom (seed 0, 2 labeled) was evaluated twice" in err and str(old / RESULTS) in err
+    assert err.count("evaluate the same runs") == 1  # one line for the pair of files, naming both
+    assert f"{old / RESULTS} and {new / RESULTS} evaluate the same runs (laom seed 0, bc seed 0)" in err
     curve = report.aggregate_returns(rows)[("synthetic", f"{HARD}/train")]["bc"]
     assert [(budget, n) for budget, *_, n in curve] == [(2, 2)]  # seeds 0 and 1, not 0 twice
 

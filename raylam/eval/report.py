@@ -128,24 +128,25 @@ def _newest_evaluation_of_each_run(rows: list[dict], created: dict[str, str]) ->
     """Rows whose trained runs were evaluated twice with different outcomes (a cell rolled out again;
     a folder evaluated before and after per-seed folders existed) are one cell, not two seeds: keep
     the newer evaluation's row (by its file's ``created``, then its place in the list) and say so on
-    stderr, so that no (method, budget, seed) is weighted twice in a mean. The references (expert,
-    random) name no runs and stay pooled over evaluations."""
+    stderr, a line per pair of files, so that no (method, budget, seed) is weighted twice in a mean.
+    The references (expert, random) name no runs and stay pooled over evaluations."""
     newest: dict[str, int] = {}
+    set_aside: dict[tuple[str, str], list[str]] = defaultdict(list)
     for index, row in enumerate(rows):
         if not row.get("runs"):
             continue
         cell = json.dumps([row.get(k) for k in ("task", "dataset", "data", "method", "num_labeled", "seed")]
                           + [row["runs"]], sort_keys=True, default=str)
-        if cell in newest:
-            kept = rows[newest[cell]]
-            older, newer = sorted((kept, row), key=lambda r: created.get(r["source"], ""))
-            print(f"report: {row['method']} (seed {row.get('seed')}, {row.get('num_labeled')} labeled) was "
-                  f"evaluated twice: {older['source']} and {newer['source']}; using the newer, "
-                  f"{newer['source']}", file=sys.stderr)
-            if newer is row:
-                newest[cell] = index
-        else:
+        if cell not in newest:
             newest[cell] = index
+            continue
+        older, newer = sorted((rows[newest[cell]], row), key=lambda r: created.get(r["source"], ""))
+        set_aside[(older["source"], newer["source"])].append(f"{row['method']} seed {row.get('seed')}")
+        if newer is row:
+            newest[cell] = index
+    for (older, newer), cells in set_aside.items():
+        print(f"report: {older} and {newer} evaluate the same runs ({', '.join(cells)}); "
+              f"using the newer, {newer}", file=sys.stderr)
     keep = set(newest.values())
     return [row for index, row in enumerate(rows) if not row.get("runs") or index in keep]
 
