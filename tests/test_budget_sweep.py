@@ -199,6 +199,15 @@ def test_pipeline_sweeps_budgets_sharing_label_free_runs(ray_local, tmp_path, mo
     assert "2 results.json merged" in capsys.readouterr().out
 
 
+def lam_and_bc(tmp: Path, **changes) -> ExperimentConfig:
+    """The tiny sweep cut to a LAM every budget shares and BC on the budget's labels."""
+    base = tiny_sweep(tmp)
+    return tiny_sweep(tmp, stages=[s for s in base.stages if s["run_name"] in ("laom", "bc")],
+                      evaluate={**to_dict(base.evaluate), "methods": [{"name": "laom", "lam": "laom"},
+                                                                      {"name": "bc", "policy": "bc"}]},
+                      **changes)
+
+
 def test_cells_of_named_seeds_run_one_per_invocation_accumulate(ray_local, tmp_path, monkeypatch, capsys):
     """`--seeds 0 "label_budgets=[1]"`, then `--seeds 1` at the same budget (one cell per run, as
     experiments/label_curve.yaml runs): each (budget, seed) is evaluated into its own folder, the
@@ -210,12 +219,8 @@ def test_cells_of_named_seeds_run_one_per_invocation_accumulate(ray_local, tmp_p
                                        image_size=32, clip_length=16, overlap=6, num_labeled=2)
     monkeypatch.setattr("raylam.data.collect.collect", lambda cfg: manifest)  # the synthetic data stand in
 
-    def cell(seed: int) -> ExperimentConfig:  # a LAM every budget shares, and BC on the budget's labels
-        base = tiny_sweep(tmp_path)
-        return tiny_sweep(tmp_path, seeds=[seed], label_budgets=[1],
-                          stages=[s for s in base.stages if s["run_name"] in ("laom", "bc")],
-                          evaluate={**to_dict(base.evaluate), "methods": [{"name": "laom", "lam": "laom"},
-                                                                          {"name": "bc", "policy": "bc"}]})
+    def cell(seed: int) -> ExperimentConfig:
+        return lam_and_bc(tmp_path, seeds=[seed], label_budgets=[1])
 
     first = run_pipeline(cell(0))
     output = Path(first["output"])
@@ -234,3 +239,31 @@ def test_cells_of_named_seeds_run_one_per_invocation_accumulate(ray_local, tmp_p
     assert (output / "report.md").is_file()
     assert main(["report", str(output), "-o", str(tmp_path / "merged")]) == 0
     assert "2 results.json merged" in capsys.readouterr().out
+
+
+def test_one_invocation_runs_every_seed_and_budget(ray_local, tmp_path, monkeypatch, capsys):
+    """The whole grid in one run (`raylam pipeline --config experiments/label_curve.yaml`, its
+    `seeds` x `label_budgets`): each seed trains its own label-free LAM once, each (budget, seed)
+    its own BC and its own results.json, and the report merges every cell."""
+    from raylam.pipeline import run_pipeline
+
+    manifest = write_synthetic_dataset(str(tmp_path / "data"), episodes=3, heldout_episodes=1, episode_length=24,
+                                       image_size=32, clip_length=16, overlap=6, num_labeled=2)
+    monkeypatch.setattr("raylam.data.collect.collect", lambda cfg: manifest)  # the synthetic data stand in
+    out = run_pipeline(lam_and_bc(tmp_path, seeds=[0, 1], label_budgets=[1, 2]))
+    root, output = tmp_path / "runs" / "sweep", Path(out["output"])
+    printed = capsys.readouterr().out
+    for seed in (0, 1):
+        assert json.loads((root / f"seed{seed}" / "laom" / "artifact.json").read_text())["config"]["seed"] == seed
+        assert len(re.findall(rf"== stage \d/6 seed{seed}/laom: lam \(laom, seed {seed}\)", printed)) == 1, printed
+        for budget in (1, 2):
+            bc = json.loads((root / f"labels{budget}" / f"seed{seed}" / "bc" / "artifact.json").read_text())
+            assert (bc["num_labeled"], bc["config"]["seed"]) == (budget, seed)
+            results = json.loads((output / f"labels{budget}" / f"seed{seed}" / "results.json").read_text())
+            assert results["seeds"] == [seed] and results["num_labeled"] == [budget]
+            laom = next(r for r in results["rows"] if r["method"] == "laom")
+            assert laom["runs"]["lam"] == str(root / f"seed{seed}" / "laom")  # the seed's shared LAM
+    assert not any((output / f"labels{b}" / "results.json").exists() for b in (1, 2))
+    cells = sorted((r["method"], r["num_labeled"], r["seed"]) for r in out["results"]["rows"] if r["seed"] is not None)
+    assert cells == sorted((m, b, k) for m in ("bc", "laom") for b in (1, 2) for k in (0, 1))
+    assert "== report over 4 evaluation(s)" in printed
