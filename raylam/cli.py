@@ -495,10 +495,9 @@ def main(argv: list[str] | None = None) -> int:
 
         if not isinstance(err, MachineError):
             memory = memory_kill(err)
-            death = None if memory is not None or verbose() else process_death(err)  # --verbose: Ray's pages
             if memory is not None:
                 err = out_of_memory(f"a task of raylam {args.command}", memory)
-            elif death is not None:
+            elif not verbose() and (death := process_death(err)) is not None:  # --verbose: Ray's pages
                 err = MachineError(death)
             else:
                 raise

@@ -153,12 +153,18 @@ def tiny_sweep(tmp: Path, **changes) -> ExperimentConfig:
     }, **changes})
 
 
+def collect_synthetic(tmp: Path, monkeypatch) -> None:
+    """The tiny sweep's `collect` stage writes synthetic data (2 of 3 episodes labeled) instead of
+    rendering dm-control, so a pipeline test runs every other stage for real."""
+    manifest = write_synthetic_dataset(str(tmp / "data"), episodes=3, heldout_episodes=1, episode_length=24,
+                                       image_size=32, clip_length=16, overlap=6, num_labeled=2)
+    monkeypatch.setattr("raylam.data.collect.collect", lambda cfg: manifest)
+
+
 def test_pipeline_sweeps_budgets_sharing_label_free_runs(ray_local, tmp_path, monkeypatch, capsys):
     from raylam.pipeline import run_pipeline
 
-    manifest = write_synthetic_dataset(str(tmp_path / "data"), episodes=3, heldout_episodes=1, episode_length=24,
-                                       image_size=32, clip_length=16, overlap=6, num_labeled=2)
-    monkeypatch.setattr("raylam.data.collect.collect", lambda cfg: manifest)  # the synthetic data stand in
+    collect_synthetic(tmp_path, monkeypatch)
     exp = tiny_sweep(tmp_path)
     out = run_pipeline(exp)
     root = tmp_path / "runs" / "sweep"
@@ -215,9 +221,7 @@ def test_cells_of_named_seeds_run_one_per_invocation_accumulate(ray_local, tmp_p
     merges both seeds."""
     from raylam.pipeline import run_pipeline
 
-    manifest = write_synthetic_dataset(str(tmp_path / "data"), episodes=3, heldout_episodes=1, episode_length=24,
-                                       image_size=32, clip_length=16, overlap=6, num_labeled=2)
-    monkeypatch.setattr("raylam.data.collect.collect", lambda cfg: manifest)  # the synthetic data stand in
+    collect_synthetic(tmp_path, monkeypatch)
 
     def cell(seed: int) -> ExperimentConfig:
         return lam_and_bc(tmp_path, seeds=[seed], label_budgets=[1])
@@ -247,9 +251,7 @@ def test_one_invocation_runs_every_seed_and_budget(ray_local, tmp_path, monkeypa
     its own BC and its own results.json, and the report merges every cell."""
     from raylam.pipeline import run_pipeline
 
-    manifest = write_synthetic_dataset(str(tmp_path / "data"), episodes=3, heldout_episodes=1, episode_length=24,
-                                       image_size=32, clip_length=16, overlap=6, num_labeled=2)
-    monkeypatch.setattr("raylam.data.collect.collect", lambda cfg: manifest)  # the synthetic data stand in
+    collect_synthetic(tmp_path, monkeypatch)
     out = run_pipeline(lam_and_bc(tmp_path, seeds=[0, 1], label_budgets=[1, 2]))
     root, output = tmp_path / "runs" / "sweep", Path(out["output"])
     printed = capsys.readouterr().out
